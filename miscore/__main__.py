@@ -1,0 +1,5 @@
+"""``python -m miscore`` runs the command line."""
+
+from miscore.cli.main import main
+
+main()

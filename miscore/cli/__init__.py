@@ -1,0 +1,1 @@
+"""The ``miscore`` command line (typer). Entry point: ``miscore.cli.main:main``."""

@@ -1,0 +1,133 @@
+"""The ``miscore`` entry point: global options, error handling, plugin commands.
+
+Everything imported here at module level must stay light: ``miscore --help`` may not load
+TensorFlow (a test checks ``sys.modules``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from typing import Annotated
+
+import typer
+
+from miscore import __version__
+from miscore.cli import config_cmd, plugins_cmd
+from miscore.cli.state import CliState
+from miscore.errors import MiscoreError
+from miscore.plugins import PLUGINS_ENV, PluginManager, split_env_list
+
+
+def _version_callback(ctx: typer.Context, value: bool) -> None:
+    if not value:
+        return
+    print(f"miscore {__version__}")
+    obj = ctx.obj
+    if isinstance(obj, CliState):
+        for info in obj.plugins.plugins():
+            print(f"  {info.name} {info.version} ({info.module})")
+    raise typer.Exit()
+
+
+def _root(
+    ctx: typer.Context,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Show the version of miscore and of every plugin, then exit.",
+        ),
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")] = False,
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin",
+            help="Register a local plugin module or .py file (repeatable; also "
+            f"{PLUGINS_ENV}=a,b).",
+        ),
+    ] = None,
+) -> None:
+    """miscore: medical image segmentation with deep learning."""
+    obj = ctx.obj
+    if isinstance(obj, CliState):
+        obj.quiet = quiet
+
+
+def build_app(manager: PluginManager) -> typer.Typer:
+    """The root application with the kernel's commands and every plugin's."""
+    app = typer.Typer(
+        name="miscore",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    app.callback()(_root)
+    app.command("plugins")(plugins_cmd.plugins)
+    app.add_typer(config_cmd.app, name="config")
+    manager.register_commands(app)
+    return app
+
+
+def _prescan(argv: Sequence[str]) -> tuple[bool, list[str]]:
+    """Read ``--debug`` and ``--plugin`` before typer runs: plugins add commands."""
+    debug = False
+    local: list[str] = split_env_list(os.environ.get(PLUGINS_ENV))
+    args = list(argv)
+    for i, arg in enumerate(args):
+        if arg == "--":
+            break
+        if arg == "--debug":
+            debug = True
+        elif arg == "--plugin" and i + 1 < len(args):
+            local.append(args[i + 1])
+        elif arg.startswith("--plugin="):
+            local.append(arg.split("=", 1)[1])
+    return debug, local
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the CLI; exit 0 on success, 2 on bad input, 1 on a failure at run time."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug, local = _prescan(args)
+    try:
+        manager = PluginManager(local_plugins=local)
+        app = build_app(manager)
+        state = CliState(plugins=manager, debug=debug)
+        code = app(args=args, prog_name="miscore", standalone_mode=False, obj=state)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        print("miscore: aborted", file=sys.stderr)
+        sys.exit(130)
+    except typer.TyperException as exc:  # usage errors: typer's own message and exit code 2
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            print(f"miscore: error: {exc.format_message()}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except MiscoreError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"miscore: error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("miscore: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        print(
+            f"miscore: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        sys.exit(1)

@@ -1,0 +1,228 @@
+"""The configuration: one YAML file, validated by pydantic, errors naming the field path.
+
+Component entries (``preprocessing``, ``augmentation``, ``model.architecture``, ...) are
+``{name: ..., **params}``; the kernel validates ``params`` with the component's own ``Params``
+model once plugins are loaded (``check_components``), so errors read
+``preprocessing[1].clip.min: Input should be a valid number``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from miscore.errors import ComponentNotFoundError, ConfigError
+from miscore.registry import Registry, format_validation_error
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ComponentSpec(BaseModel):
+    """A component entry: ``name`` plus that component's parameters."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="registered component name, e.g. 'zscore' or 'unet'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class DataConfig(Section):
+    """Where the data is and what it holds."""
+
+    path: str | None = Field(None, description="dataset folder; the CLI's --data overrides it")
+    layout: Literal["auto", "msd", "cases", "dicom", "image2d", "files"] = Field(
+        "auto", description="dataset layout; 'auto' detects it from the folder"
+    )
+    io: str | None = Field(None, description="IO component for every file; None: by file name")
+    classes: int = Field(2, ge=2, description="number of classes, background included")
+    class_names: list[str] | None = Field(None, description="a name per class, background first")
+    channels: int | None = Field(None, ge=1, description="image channels; None: from the data")
+
+    @model_validator(mode="after")
+    def _names_match(self) -> DataConfig:
+        if self.class_names is not None and len(self.class_names) != self.classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names for {self.classes} classes"
+            )
+        return self
+
+
+class PatchingConfig(Section):
+    """How training samples and inference windows are cut from a (preprocessed) volume."""
+
+    mode: Literal["full", "slice", "grid", "random"] = Field(
+        "random", description="full image, 2D slices, a grid of patches, or random crops"
+    )
+    patch_shape: list[int] | None = Field(
+        None, description="spatial patch shape (voxels); required for grid and random"
+    )
+    overlap: float = Field(0.5, ge=0.0, lt=1.0, description="grid overlap, fraction of a patch")
+    slice_axis: int = Field(2, ge=0, le=2, description="axis 2D slices are taken along")
+    skip_blanks: bool = Field(False, description="training: skip patches holding only background")
+    foreground_ratio: float = Field(
+        0.33, ge=0.0, le=1.0, description="training: share of patches forced to hold foreground"
+    )
+    foreground_class: int | None = Field(
+        None, ge=1, description="class the forced patches must hold; None: any foreground"
+    )
+    samples_per_case: int = Field(1, ge=1, description="training patches per case per epoch")
+
+    @model_validator(mode="after")
+    def _shape_needed(self) -> PatchingConfig:
+        if self.mode in ("grid", "random") and self.patch_shape is None:
+            raise ValueError(f"patching mode {self.mode!r} needs patch_shape")
+        if self.patch_shape is not None and any(n < 1 for n in self.patch_shape):
+            raise ValueError(f"patch_shape must be positive; got {self.patch_shape}")
+        return self
+
+
+class ModelConfig(Section):
+    """The network and what it is trained against."""
+
+    architecture: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="unet"))
+    loss: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="tversky"))
+    metrics: list[str] = Field(
+        default_factory=list, description="Keras metric names logged during training"
+    )
+
+
+class TrainingConfig(Section):
+    """The fit loop."""
+
+    epochs: int = Field(50, ge=1)
+    batch_size: int = Field(2, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1, description="None: one pass over the cases")
+    learning_rate: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    validation_split: float = Field(0.0, ge=0.0, lt=1.0)
+    validation_cases: list[str] | None = None
+    seed: int = Field(0, description="seed of every random choice in training")
+    early_stopping: int | None = Field(None, ge=1, description="patience in epochs; None: off")
+    reduce_lr_patience: int | None = Field(None, ge=1, description="None: off")
+    mixed_precision: bool = False
+    workers: int = Field(1, ge=1, description="processes that sample and augment patches")
+
+
+class InferenceConfig(Section):
+    """Sliding-window prediction and postprocessing."""
+
+    overlap: float = Field(0.5, ge=0.0, lt=1.0)
+    blend: Literal["mean", "gaussian"] = "gaussian"
+    tta: bool = Field(False, description="mirroring test-time augmentation")
+    batch_size: int = Field(1, ge=1, description="windows predicted at once")
+    keep_largest: bool = Field(False, description="keep the largest component of each class")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="binary sigmoid threshold")
+
+
+class CacheConfig(Section):
+    """The zarr cache of preprocessed cases."""
+
+    enabled: bool = True
+    path: str | None = Field(
+        None, description="store path or URL; --cache and MISCORE_CACHE_DIR override it"
+    )
+    compression: Literal["zstd", "lz4", "none"] = "zstd"
+    float16: bool = Field(False, description="store images as float16 (half the size)")
+    content_hash: bool = Field(False, description="key inputs by content, not path+size+mtime")
+
+
+class Config(Section):
+    """A complete miscore configuration."""
+
+    version: Literal[1] = 1
+    data: DataConfig = Field(default_factory=DataConfig)
+    preprocessing: list[ComponentSpec] = Field(default_factory=list)
+    patching: PatchingConfig = Field(
+        default_factory=lambda: PatchingConfig(mode="full", patch_shape=None)
+    )
+    augmentation: list[ComponentSpec] = Field(default_factory=list)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def parse_config(data: Any, source: str = "config") -> Config:
+    """Validate a mapping (as read from YAML); raise ``ConfigError`` naming each bad field."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config is a mapping of sections; got {type(data).__name__}")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {format_validation_error(exc)}") from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a YAML (or JSON) config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+    return parse_config(data, str(path))
+
+
+def check_components(config: Config, registry: Registry) -> dict[str, Any]:
+    """Create every component the config names, validating each one's params.
+
+    Returns the created components: ``preprocessing`` and ``augmentation`` lists and the
+    ``architecture`` and ``loss`` objects. Raises ``ConfigError``/``ComponentNotFoundError``
+    with the field path.
+    """
+    created: dict[str, Any] = {
+        "preprocessing": [
+            registry.create("subfunction", spec, f"preprocessing[{i}]")
+            for i, spec in enumerate(config.preprocessing)
+        ],
+        "augmentation": [
+            registry.create("augmentation", spec, f"augmentation[{i}]")
+            for i, spec in enumerate(config.augmentation)
+        ],
+        "architecture": registry.create(
+            "architecture", config.model.architecture, "model.architecture"
+        ),
+        "loss": registry.create("loss", config.model.loss, "model.loss"),
+    }
+    if config.data.io is not None:
+        try:
+            registry.get_io(config.data.io)
+        except ComponentNotFoundError as exc:
+            raise ComponentNotFoundError(f"data.io: {exc}") from None
+    for i, step in enumerate(created["preprocessing"]):
+        step.state_key = f"{i}.{step.name}"
+    return created
+
+
+def json_schema() -> str:
+    """The JSON Schema of the config file, as ``miscore config schema`` prints it."""
+    return json.dumps(Config.model_json_schema(), indent=2)

@@ -1,0 +1,44 @@
+"""Every routine task: ``nox -s tests``, ``lint``, ``demo``, ``bench``, ``docs``."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Install miscore with its dev extra and run the test suite."""
+    session.install(".[dev]")
+    session.run("pytest", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (lint and format) and mypy on the kernel and the bundled plugins."""
+    session.install(".[dev]")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "miscore", "plugins")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Regenerate the reference pages (hooks, config schema) from the code."""
+    session.install(".")
+    session.run("python", "docs/generate.py")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Synthetic data -> train -> predict -> evaluate -> report."""
+    session.error("miscore demo is not built yet (tracked in the issue 'The product: demo ...')")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Our benchmarks (no peers)."""
+    session.error("the benchmarks are not built yet (tracked in the issue 'Benchmarks ...')")
