@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from miscore import hookspecs
-from miscore.errors import PluginError
+from miscore.errors import InputError, PluginError
 from miscore.registry import ComponentInfo, PluginFailure, Registry, check_component_class
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def import_local_plugin(spec: str) -> ModuleType:
     path = Path(spec)
     if spec.endswith(".py") or path.is_file():
         if not path.is_file():
-            raise PluginError(f"--plugin {spec}: no such file")
+            raise InputError(f"--plugin {spec}: no such file")
         module_name = f"miscore_local_{path.stem}"
         loader_spec = importlib.util.spec_from_file_location(module_name, path)
         if loader_spec is None or loader_spec.loader is None:
@@ -75,6 +75,10 @@ def import_local_plugin(spec: str) -> ModuleType:
         return module
     try:
         return importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        if exc.name == spec.split(".")[0] or exc.name == spec:
+            raise InputError(f"--plugin {spec}: no such module or .py file") from None
+        raise PluginError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise PluginError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from exc
 
@@ -208,7 +212,7 @@ class PluginManager:
         for kind, hook_name in hookspecs.REGISTRATION_HOOKS.items():
             caller = getattr(self._pm.hook, hook_name)
             # Call each plugin on its own so that one that raises cannot take the others down.
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():  # registration order: the first one wins
                 plugin_name = impl.plugin_name
                 try:
                     returned = impl.function() or []
