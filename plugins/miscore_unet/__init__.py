@@ -1,4 +1,46 @@
 """The U-Net family in 2D and 3D as Keras 3 models.
 
-Not built yet: this plugin registers no components so far.
+Architectures: ``unet`` (standard), ``unet_plain`` (nnU-Net style), ``unet_residual``,
+``unet_dense``, ``unet_multires``, ``unet_attention``, ``unet_compact``. Each ``build``s a
+functional Keras model whose output has ``n_classes`` channels with a softmax. Keras is
+imported only inside ``build``; see docs/models.md.
 """
+
+from __future__ import annotations
+
+import miscore
+from miscore_unet.attention import AttentionUNet
+from miscore_unet.base import UNetArchitecture, UNetParams
+from miscore_unet.compact import CompactUNet
+from miscore_unet.dense import DenseUNet
+from miscore_unet.multires import MultiResUNet
+from miscore_unet.residual import ResidualUNet
+from miscore_unet.standard import PlainUNet, UNet
+
+ARCHITECTURES: list[type[miscore.Architecture]] = [
+    UNet,
+    PlainUNet,
+    ResidualUNet,
+    DenseUNet,
+    MultiResUNet,
+    AttentionUNet,
+    CompactUNet,
+]
+
+__all__ = [
+    "ARCHITECTURES",
+    "AttentionUNet",
+    "CompactUNet",
+    "DenseUNet",
+    "MultiResUNet",
+    "PlainUNet",
+    "ResidualUNet",
+    "UNet",
+    "UNetArchitecture",
+    "UNetParams",
+]
+
+
+@miscore.hookimpl
+def miscore_register_architectures() -> list[type[miscore.Architecture]]:
+    return list(ARCHITECTURES)
