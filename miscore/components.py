@@ -21,6 +21,8 @@ from miscore.volume import Case, Volume
 if TYPE_CHECKING:
     import keras
 
+    from miscore.augmenting import SpatialTransform
+
 KINDS: tuple[str, ...] = (
     "io",
     "subfunction",
@@ -181,6 +183,25 @@ class Augmentation(Component):
     ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.integer[Any]] | None]:
         raise NotImplementedError
 
+    def spatial_transform(
+        self, shape: tuple[int, ...], rng: np.random.Generator
+    ) -> SpatialTransform | None:
+        """Optional: draw this sample's coordinate map instead of transforming arrays.
+
+        A spatial augmentation returns a ``miscore.augmenting.SpatialTransform`` for an output
+        of spatial ``shape``; ``miscore.augmenting.augment_sample`` composes consecutive ones
+        and interpolates once. The default, None, marks a non-spatial augmentation.
+        """
+        return None
+
+    def augment_inplace(self, image: npt.NDArray[np.float32], rng: np.random.Generator) -> bool:
+        """Optional: change ``image`` (float32, owned by the caller) in place; True when done.
+
+        An intensity-only augmentation implements it to spare a copy per sample; the default,
+        False, makes ``augment_sample`` call ``augment`` instead.
+        """
+        return False
+
 
 # --- model ------------------------------------------------------------------------------
 
@@ -195,6 +216,14 @@ class Architecture(Component):
     def build(self, input_shape: Sequence[int | None], n_classes: int) -> keras.Model:
         raise NotImplementedError
 
+    def custom_objects(self) -> dict[str, Any]:
+        """Keras objects a saved model of this architecture needs to load (custom layers).
+
+        Layers registered with ``keras.saving.register_keras_serializable`` only need their
+        module imported: do that here and return ``{}``.
+        """
+        return {}
+
 
 class Loss(Component):
     """Builds a Keras loss for one-hot targets and per-class probability outputs."""
@@ -203,6 +232,10 @@ class Loss(Component):
 
     def build(self, n_classes: int) -> Any:
         raise NotImplementedError
+
+    def custom_objects(self) -> dict[str, Any]:
+        """Keras objects a model compiled with this loss needs to load; see Architecture."""
+        return {}
 
 
 # --- evaluation -------------------------------------------------------------------------
