@@ -1,4 +1,23 @@
 """Validation schemes: k-fold, leave-one-out, percentage split, explicit lists.
 
-Not built yet: this plugin registers no components so far.
+Each is an ``Evaluator``: ``split(case_ids, seed) -> list[Fold]``, seeded and reproducible.
+``miscore.evaluate.write_folds`` records folds in a JSON file; the ``explicit`` scheme reads
+such a file back (``{name: explicit, file: folds.json}``).
 """
+
+from __future__ import annotations
+
+import miscore
+from miscore_evaluation.schemes import ExplicitSplit, KFold, LeaveOneOut, PercentageSplit
+
+__version__ = miscore.__version__
+
+EVALUATORS: list[type[miscore.Evaluator]] = [KFold, LeaveOneOut, PercentageSplit, ExplicitSplit]
+
+
+@miscore.hookimpl
+def miscore_register_evaluators() -> list[type[miscore.Evaluator]]:
+    return list(EVALUATORS)
+
+
+__all__ = ["EVALUATORS", "ExplicitSplit", "KFold", "LeaveOneOut", "PercentageSplit"]
