@@ -484,3 +484,30 @@ def test_clear_removes_entries_by_last_use(tmp_path: Path) -> None:
     assert [e.case_id for e in cache.entries()] == ["case_2"]
     assert cache.clear() == 1 and cache.entries() == []
     assert cache.info().stored_bytes == 0
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+def test_cli_info_and_clear(tmp_path: Path) -> None:
+    from tests.cli.helpers import assert_one_line_error, run_cli
+
+    cache = CaseCache(tmp_path / "cache")
+    for i in range(2):
+        case = synthetic_case(f"case_{i}", seed=i)
+        cache.get_or_build(cache.key(case.id, [], {}), lambda case=case: case)
+    cache.get_or_build(cache.key("case_0", [], {}), lambda: synthetic_case("case_0"))
+    env = {CACHE_ENV: str(tmp_path / "cache")}
+    result = run_cli("cache", "info", "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert (info["entries"], info["cases"], info["hits"], info["misses"]) == (2, 2, 1, 2)
+    assert 0 < info["stored_bytes"] < info["raw_float32_bytes"]
+    text = run_cli("cache", "info", "--cache", str(tmp_path / "cache"))
+    assert "entries: 2 (2 cases)" in text.stdout and "hit rate: 33%" in text.stdout
+    kept = run_cli("cache", "clear", "--older-than", "1", env=env)
+    assert kept.returncode == 0 and "removed 0 entries" in kept.stderr
+    cleared = run_cli("cache", "clear", env=env)
+    assert cleared.returncode == 0 and "removed 2 entries" in cleared.stderr
+    assert CaseCache(tmp_path / "cache").info().entries == 0
+    assert_one_line_error(run_cli("cache", "info", "--config", str(tmp_path / "missing.yaml")))
