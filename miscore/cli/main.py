@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from miscore import __version__
-from miscore.cli import cache_cmd, config_cmd, plugins_cmd
+from miscore.cli import cache_cmd, config_cmd, evaluate_cmd, plugins_cmd
 from miscore.cli.state import CliState
 from miscore.errors import MiscoreError
 from miscore.plugins import PLUGINS_ENV, PluginManager, split_env_list
@@ -71,6 +71,7 @@ def build_app(manager: PluginManager) -> typer.Typer:
     app.callback()(_root)
     app.command("plugins")(plugins_cmd.plugins)
     app.add_typer(config_cmd.app, name="config")
+    app.command("evaluate")(evaluate_cmd.evaluate)
     app.add_typer(cache_cmd.app, name="cache")
     manager.register_commands(app)
     return app

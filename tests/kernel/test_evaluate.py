@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -151,3 +153,88 @@ def test_two_dimensional_volumes(registry: miscore.Registry) -> None:
     )
     assert report.rows[0].values["dice"] == pytest.approx(0.75)
     assert report.rows[0].values["hd95"] == pytest.approx(0.5)
+
+
+# --- the CLI: miscore evaluate PRED GT ----------------------------------------------------
+
+
+def write_nifti(path: Path, volume: miscore.Volume) -> None:
+    import nibabel as nib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(volume.array[..., 0], volume.affine), str(path))
+
+
+def run_cli(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "miscore", *map(str, args)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[Path, Path]:
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    for case_id, p, t in two_cases():
+        write_nifti(pred / f"{case_id}.nii.gz", p)
+        write_nifti(gt / f"{case_id}.nii.gz", t)
+    write_nifti(gt / "c.nii.gz", labels((1, (0, 0, 0), 4)))  # ground truth not predicted
+    (gt / "dataset.json").write_text("{}")  # not a label file: skipped
+    return pred, gt
+
+
+def test_cli_pairs_nifti_files_by_case_id(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    pred, gt = folders
+    out, report_path = tmp_path / "metrics.tsv", tmp_path / "report.json"
+    result = run_cli("evaluate", pred, gt, "--out", out, "--report", report_path, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [(r["case"], r["class"], r["empty"]) for r in data["rows"]] == [
+        ("a", 1, ""),
+        ("a", 2, "pred"),
+        ("b", 1, ""),
+        ("b", 2, "both"),
+    ]
+    assert data["rows"][0]["values"]["dice"] == pytest.approx(0.75)
+    assert data["rows"][0]["values"]["volume_true_ml"] == pytest.approx(0.768)
+    assert "1 ground-truth case(s) have no prediction" in result.stderr
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert [float(r["dice"]) for r in rows] == pytest.approx([0.75, 0.0, 1.0, 1.0])
+    assert EvaluationReport.read_json(report_path).stats(1, "dice").mean == pytest.approx(0.875)
+
+
+def test_cli_table_classes_and_metrics(folders: tuple[Path, Path]) -> None:
+    pred, gt = folders
+    result = run_cli(
+        "evaluate", pred, gt, "--classes", "1", "-m", "dice", "-m", "nsd", "--nsd-tolerance", "3"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "2 case(s)" in result.stdout
+    lines = [line for line in result.stdout.splitlines() if "dice" in line or "nsd" in line]
+    assert len(lines) == 2
+    assert "0.8750" in lines[0]  # mean Dice of class 1
+    assert "1.0000" in lines[1]  # both shifts within 3 mm
+    assert "hd95" not in result.stdout
+
+
+def test_cli_errors_name_the_case(folders: tuple[Path, Path], tmp_path: Path) -> None:
+    pred, gt = folders
+    moved = miscore.Volume(labels((1, (4, 4, 4), 8)).array, np.diag([1.0, 1.0, 1.0, 1.0]))
+    write_nifti(pred / "b.nii.gz", moved)
+    result = run_cli("evaluate", pred, gt)
+    assert result.returncode == 2
+    assert "case b: the prediction's grid" in result.stderr
+    write_nifti(pred / "zz.nii.gz", moved)
+    result = run_cli("evaluate", pred, gt)
+    assert result.returncode == 2
+    assert "no ground truth for 1 predicted case(s): zz" in result.stderr
+    result = run_cli("evaluate", pred, gt, "--classes", "one")
+    assert result.returncode == 2
+    assert "--classes: 'one' is not a class id" in result.stderr
+    result = run_cli("evaluate", tmp_path / "nothing", gt)
+    assert result.returncode == 2
+    assert "no such file or folder" in result.stderr
