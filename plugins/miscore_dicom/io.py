@@ -72,7 +72,7 @@ class DicomIO(miscore.ImageIO):
         if path.is_dir():
             return looks_like_dicom_folder(path)
         if path.is_file():
-            return has_dicom_preamble(path)
+            return has_dicom_preamble(path) or path.name.lower().endswith(DICOM_SUFFIXES)
         return False
 
     def read(self, path: Path) -> miscore.Volume:
@@ -169,7 +169,11 @@ def _label_object(path: Path) -> Path | None:
     """The RTSTRUCT or SEG file at ``path`` (or alone in the folder ``path``), else None."""
     candidates = [path] if path.is_file() else []
     if path.is_dir():
-        candidates = [p for p in folder_entries(path) if has_dicom_preamble(p)]
+        candidates = [
+            p
+            for p in folder_entries(path)
+            if has_dicom_preamble(p) or p.name.lower().endswith(DICOM_SUFFIXES)
+        ]
     found = []
     for candidate in candidates:
         header = read_header(candidate)

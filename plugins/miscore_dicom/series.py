@@ -68,26 +68,35 @@ def looks_like_dicom_folder(folder: Path) -> bool:
     return any(has_dicom_preamble(p) for p in entries[:PROBE_FILES])
 
 
-def read_header(path: Path) -> Dataset:
-    """The header of one DICOM file, without its pixel data."""
+def _dcmread(path: Path, stop_before_pixels: bool) -> Dataset:
+    """Read a DICOM file; files without the preamble (older exports) are read when they
+    parse to a dataset with a SOPClassUID."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as exc:
+        cause: Exception = exc
+    except (OSError, ValueError, EOFError) as exc:
         raise miscore.InputError(f"{path}: not a readable DICOM file ({exc})") from exc
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+        if "SOPClassUID" in ds:
+            return ds
+    except Exception as exc:  # pydicom raises many kinds on garbage read with force=True
+        cause = exc
+    raise miscore.InputError(f"{path}: not a readable DICOM file ({cause})") from cause
+
+
+def read_header(path: Path) -> Dataset:
+    """The header of one DICOM file, without its pixel data."""
+    return _dcmread(path, stop_before_pixels=True)
 
 
 def read_dataset(path: Path) -> Dataset:
     """One DICOM file with its pixel data."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        return pydicom.dcmread(path)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as exc:
-        raise miscore.InputError(f"{path}: not a readable DICOM file ({exc})") from exc
+    return _dcmread(path, stop_before_pixels=False)
 
 
 # --- series in a folder -----------------------------------------------------------------
