@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 #: how far (in slices) a contour may lie from the nearest slice centre
 SLICE_TOLERANCE = 0.3
+#: voxel centres this close (in voxels) to a contour count as on it, so inside: ContourData
+#: is rounded text, so a vertex meant to sit on a centre lands a little off it
+BOUNDARY_TOLERANCE = 1e-3
 
 
 def roi_names(ds: Dataset) -> dict[int, str]:
@@ -67,10 +70,10 @@ def _fill_polygon(
     ii, jj = np.meshgrid(np.arange(lo[0], hi[0] + 1), np.arange(lo[1], hi[1] + 1), indexing="ij")
     centres = np.column_stack([ii.ravel(), jj.ravel()]).astype(np.float64)
     polygon = PolygonPath(vertices, closed=False)
-    # contains_points excludes the boundary; a tiny radius of either sign includes it whatever
+    # contains_points excludes the boundary; a small radius of either sign includes it whatever
     # the polygon's winding
-    hit = polygon.contains_points(centres, radius=1e-6) | polygon.contains_points(
-        centres, radius=-1e-6
+    hit = polygon.contains_points(centres, radius=BOUNDARY_TOLERANCE) | polygon.contains_points(
+        centres, radius=-BOUNDARY_TOLERANCE
     )
     inside[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1] = hit.reshape(ii.shape)
     return inside

@@ -147,6 +147,28 @@ def _frame_slice(
     )
 
 
+#: patient/study attributes a SEG copies from its source; anonymised series often drop them
+TYPE2_COPIED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+)
+
+
+def _with_type2_attributes(ds: Dataset) -> Dataset:
+    """``ds`` with the attributes highdicom copies set (empty when absent), in memory only."""
+    for keyword in TYPE2_COPIED:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
 def write_seg(
     volume: miscore.Volume,
     path: Path,
@@ -184,7 +206,7 @@ def write_seg(
             f"{missing[0]}: source DICOM file of the prediction is gone; the SEG must reference "
             f"the series it was predicted from"
         )
-    sources = [read_dataset(p) for p in files]
+    sources = [_with_type2_attributes(read_dataset(p)) for p in files]
     if reference.meta.get("multiframe"):
         # highdicom wants the frames of a multi-frame source in the file's own frame order
         order = [int(n) - 1 for n in reference.meta.get("frame_numbers", [])]
