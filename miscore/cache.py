@@ -196,6 +196,17 @@ def file_identity(path: Path | str, content_hash: bool = False) -> dict[str, Any
     return {"files": parts} if content_hash else {"path": str(path), "files": parts}
 
 
+def split_cacheable(
+    steps: Sequence[Subfunction],
+) -> tuple[list[Subfunction], list[Subfunction]]:
+    """``(cached, on_access)``: the deterministic steps up to the first that is not, and the
+    rest, which the loader runs on every read of the cached case."""
+    for i, step in enumerate(steps):
+        if not step.deterministic:
+            return list(steps[:i]), list(steps[i:])
+    return list(steps), []
+
+
 def pipeline_fingerprint(
     steps: Sequence[Subfunction],
     manager: PluginManager,
@@ -908,9 +919,14 @@ def open_cache(
     foreground_samples: int = DEFAULT_FOREGROUND_SAMPLES,
 ) -> CaseCache | MemoryCache:
     """The store a config asks for: a ``CaseCache`` at the resolved location, or a
-    ``MemoryCache`` when ``cache.enabled`` is false. ``chunks`` defaults to the patch shape."""
-    if chunks is None and config.patching.patch_shape is not None:
-        chunks = config.patching.patch_shape
+    ``MemoryCache`` when ``cache.enabled`` is false.
+
+    ``chunks`` defaults to the patch shape capped at 64 voxels per axis: a random patch then
+    touches few chunks, and no chunk is much larger than what a patch needs.
+    """
+    patch = config.patching.patch_shape
+    if chunks is None and patch is not None:
+        chunks = [min(DEFAULT_CHUNK[3], int(n)) for n in patch]
     settings = CacheSettings.from_config(
         config.cache,
         chunks=chunks,

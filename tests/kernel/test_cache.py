@@ -28,6 +28,7 @@ from miscore.cache import (
     open_cache,
     pipeline_fingerprint,
     resolve_cache_location,
+    split_cacheable,
 )
 from miscore.testing import oblique_affine, synthetic_case
 
@@ -208,6 +209,9 @@ def test_a_non_deterministic_step_is_refused(manager: miscore.PluginManager) -> 
 
     with pytest.raises(miscore.InputError, match="not deterministic"):
         pipeline_fingerprint([Noisy()], manager, training=True)
+    first, noisy, last = Scale(factor=2.0), Noisy(), Scale()
+    assert split_cacheable([first, noisy, last]) == ([first], [noisy, last])
+    assert split_cacheable([first, last]) == ([first, last], [])
 
 
 # --- what is stored ---------------------------------------------------------------------
@@ -341,12 +345,12 @@ def test_open_cache_follows_the_config(tmp_path: Path) -> None:
     config = miscore.parse_config(
         {
             "cache": {"path": str(tmp_path / "c"), "compression": "lz4", "float16": True},
-            "patching": {"mode": "random", "patch_shape": [32, 32, 16]},
+            "patching": {"mode": "random", "patch_shape": [128, 32, 16]},
         }
     )
     cache = open_cache(config)
     assert isinstance(cache, CaseCache) and cache.root == tmp_path / "c"
-    assert cache.settings.chunks == (32, 32, 16) and cache.settings.float16
+    assert cache.settings.chunks == (64, 32, 16) and cache.settings.float16
     config.cache.enabled = False
     assert isinstance(open_cache(config), MemoryCache)
 
