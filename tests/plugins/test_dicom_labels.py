@@ -166,7 +166,7 @@ def test_seg_needs_a_dicom_reference(tmp_path: Path) -> None:
     assert case.label is not None
     with pytest.raises(miscore.InputError, match="needs the DICOM series the image was read"):
         DicomIO(output="dicom-seg").write(case.label, tmp_path / "x.dcm", reference=case.image)
-    spec, folder = build_ct(tmp_path)
+    _, folder = build_ct(tmp_path)
     image = DicomIO().read(folder)
     wrong = miscore.Volume(np.zeros((4, 4, 4, 1), np.uint8))
     with pytest.raises(miscore.InputError, match="not a one-channel label map on the source"):
