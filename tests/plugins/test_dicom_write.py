@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -95,7 +96,7 @@ def test_prediction_for_dicom_input_is_written_as_nifti_on_the_dicom_grid(tmp_pa
 
     written = DicomIO().write(image.with_array(mask), tmp_path / "ct.nii.gz", reference=image)
 
-    nifti = nib.load(written)
+    nifti: Any = nib.load(written)
     np.testing.assert_allclose(nifti.affine, spec.affine_ras(), atol=1e-5)
     np.testing.assert_array_equal(np.asarray(nifti.dataobj), mask[..., 0])
     assert DicomIO.write_suffix == ".nii.gz"
