@@ -65,6 +65,8 @@ def phantom_affine(
     affine[:3, :3] = linear
     centre = (np.array([*shape, 1][:3], float) - 1) / 2
     affine[:3, 3] = -linear @ centre + rng.uniform(-20, 20, size=3)
+    if len(shape) == 2:
+        affine[2, 3] = 0.0  # a 2D image lies in the plane z = 0
     return affine
 
 

@@ -15,7 +15,16 @@ from typing import Annotated
 import typer
 
 from miscore import __version__
-from miscore.cli import cache_cmd, config_cmd, evaluate_cmd, plugins_cmd
+from miscore.cli import (
+    analyze_cmd,
+    cache_cmd,
+    config_cmd,
+    evaluate_cmd,
+    info_cmd,
+    plan_cmd,
+    plugins_cmd,
+    synth_cmd,
+)
 from miscore.cli.state import CliState
 from miscore.errors import MiscoreError
 from miscore.plugins import PLUGINS_ENV, PluginManager, split_env_list
@@ -70,9 +79,13 @@ def build_app(manager: PluginManager) -> typer.Typer:
     )
     app.callback()(_root)
     app.command("plugins")(plugins_cmd.plugins)
+    app.command("info")(info_cmd.info)
+    app.command("synth")(synth_cmd.synth)
     app.add_typer(config_cmd.app, name="config")
     app.command("evaluate")(evaluate_cmd.evaluate)
     app.add_typer(cache_cmd.app, name="cache")
+    app.command("analyze")(analyze_cmd.analyze)
+    app.command("plan")(plan_cmd.plan)
     manager.register_commands(app)
     return app
 
@@ -101,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         manager = PluginManager(local_plugins=local)
         app = build_app(manager)
-        state = CliState(plugins=manager, debug=debug)
+        state = CliState(plugins=manager, debug=debug, local_plugins=tuple(local))
         code = app(args=args, prog_name="miscore", standalone_mode=False, obj=state)
         if isinstance(code, int) and code:
             sys.exit(code)
