@@ -679,6 +679,7 @@ def _read_flat_image(path: Path, ds: Dataset) -> miscore.Volume:
     """A single 2D image without patient geometry (X-ray, secondary capture): spacing only."""
     if _number_of_frames(ds) > 1:
         raise miscore.InputError(f"{path}: a multi-frame file without geometry is not a volume")
+    ds = read_dataset(path)
     raw = _raw_pixels(ds, path)[0]
     slope, intercept = _rescale(ds)
     frame = Frame(

@@ -283,3 +283,19 @@ def test_rtstruct_alone_is_not_an_image(tmp_path: Path) -> None:
         DicomIO().read(tmp_path / "rtstruct.dcm")
     with pytest.raises(miscore.InputError, match="no DICOM image files found"):
         DicomIO().read(tmp_path)
+
+
+def test_compressed_files_decode_like_uncompressed_or_simpleitk() -> None:
+    io = DicomIO()
+    plain = io.read(PYDICOM_DATA / "MR_small.dcm")
+    for name in ("MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm", "MR_small_RLE.dcm"):
+        compressed = io.read(PYDICOM_DATA / name)
+        np.testing.assert_array_equal(compressed.array, plain.array)
+        np.testing.assert_allclose(compressed.affine, plain.affine)
+    # 12-bit JPEG extended: pydicom's pillow handler cannot decode it, GDCM (SimpleITK) can
+    lossy = PYDICOM_DATA / "JPEG-lossy.dcm"
+    volume = io.read(lossy)
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(lossy)))[0].T
+    assert volume.ndim == 2 and volume.spatial_shape == expected.shape
+    np.testing.assert_array_equal(volume.array[..., 0], expected)
+    assert "no ImagePositionPatient" in volume.meta["geometry"]
