@@ -117,6 +117,12 @@ class TrainingConfig(Section):
     reduce_lr_patience: int | None = Field(None, ge=1, description="None: off")
     mixed_precision: bool = False
     workers: int = Field(1, ge=1, description="processes that sample and augment patches")
+    distribute: Literal["auto", "none", "mirrored"] = Field(
+        "auto", description="auto: MirroredStrategy when several GPUs are visible"
+    )
+    devices: list[str] | None = Field(
+        None, description="devices for MirroredStrategy, e.g. ['/gpu:0', '/gpu:1']"
+    )
 
 
 class InferenceConfig(Section):

@@ -1,0 +1,486 @@
+"""Training: Keras ``fit`` fed by the pipeline, with logs, checkpoints and resume.
+
+``train`` is the whole job (discover the dataset, preprocess into the cache, sample patches,
+augment, fit, write the model folder); ``fit_model`` is the part after the cache, for callers
+that bring their own cached cases. TensorFlow is imported here, inside the functions.
+
+Resume: after every epoch the model with its optimizer state is saved to
+``checkpoints/last.keras`` and the epoch to ``checkpoints/state.json`` (both atomically), and
+``history.tsv`` is rewritten. ``--resume`` loads them and continues at the next epoch with the
+same history; the loader's batches depend only on (seed, epoch), so the data a resumed run sees
+are the data the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from miscore.atomic import atomic_output, write_text_atomic
+from miscore.config import Config
+from miscore.errors import InputError, PipelineError
+from miscore.modeldir import (
+    ComponentRecord,
+    ModelDir,
+    ModelInfo,
+    load_keras_model,
+    save_keras_model,
+)
+
+if TYPE_CHECKING:
+    import keras
+
+    from miscore.cache import CachedCase
+    from miscore.loader import PatchLoader
+    from miscore.plugins import PluginManager
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs: int = 0
+    best: float | None = None
+    monitor: str = "loss"
+
+
+# --- building and compiling ---------------------------------------------------------------
+
+
+def build_loss(config: Config, plugins: PluginManager, n_classes: int) -> Any:
+    """The configured loss: a registered component, else a Keras built-in of that name."""
+    registry = plugins.registry
+    spec = config.model.loss
+    if spec.name in registry.names("loss"):
+        return registry.create("loss", spec, "model.loss").build(n_classes)
+    import keras
+
+    if spec.params:
+        raise InputError(f"model.loss: Keras built-in {spec.name!r} takes no params here")
+    try:
+        return keras.losses.get(spec.name)
+    except ValueError:
+        raise InputError(
+            f"model.loss.name: no loss named {spec.name!r}; installed: "
+            f"{', '.join(registry.names('loss')) or 'none'} (or a Keras loss name)"
+        ) from None
+
+
+def build_optimizer(config: Config) -> Any:
+    import keras
+
+    training = config.training
+    optimizers: dict[str, Callable[..., Any]] = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.99),
+    }
+    return optimizers[training.optimizer](learning_rate=training.learning_rate)
+
+
+def distribution_scope(config: Config) -> Any:
+    """A ``MirroredStrategy`` scope when several GPUs (or the configured devices) are there."""
+
+    import tensorflow as tf
+
+    devices = config.training.devices
+    if devices is None and config.training.distribute == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] if len(gpus) > 1 else None
+    if config.training.distribute == "none" or not devices or len(devices) < 2:
+        return contextlib.nullcontext()
+    return tf.distribute.MirroredStrategy(devices=devices).scope()
+
+
+def compile_model(
+    model: keras.Model, config: Config, plugins: PluginManager, n_classes: int
+) -> None:
+    model.compile(
+        optimizer=build_optimizer(config),
+        loss=build_loss(config, plugins, n_classes),
+        metrics=list(config.model.metrics),
+    )
+
+
+# --- callbacks ----------------------------------------------------------------------------
+
+
+def write_history(path: Path, history: Sequence[dict[str, float]]) -> None:
+    """Every metric per epoch as TSV (rewritten whole, atomically)."""
+    columns = ["epoch", *sorted({k for row in history for k in row if k != "epoch"})]
+    lines = ["\t".join(columns)]
+    for row in history:
+        lines.append("\t".join(_format(row.get(c, float("nan"))) for c in columns))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line]
+    header, body = rows[0], rows[1:]
+    return [{k: float(v) for k, v in zip(header, row, strict=True)} for row in body]
+
+
+def _format(value: float) -> str:
+    if float(value).is_integer() and abs(value) < 1e9:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+def plot_curves(path: Path, history: Sequence[dict[str, float]]) -> None:
+    """A PNG of every logged metric against the epoch, training and validation together."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k for row in history for k in row if k not in {"epoch", "learning_rate"}})
+    bases = sorted({n.removeprefix("val_") for n in names})
+    if not bases:
+        return
+    figure, axes = plt.subplots(1, len(bases), figsize=(5 * len(bases), 3.5), squeeze=False)
+    epochs = [row["epoch"] for row in history]
+    for ax, base in zip(axes[0], bases, strict=True):
+        for name, style in ((base, "-"), (f"val_{base}", "--")):
+            if name in names:
+                ax.plot(epochs, [row.get(name, np.nan) for row in history], style, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_title(base)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_output(path) as temp:
+        figure.savefig(temp, format="png", dpi=90)
+    plt.close(figure)
+
+
+def make_recorder(
+    model_dir: ModelDir,
+    plugins: PluginManager,
+    history: list[dict[str, float]],
+    monitor: str,
+    best: float | None,
+    log: Callable[[str], None],
+) -> Any:
+    """The callback that logs, plots, checkpoints and calls the ``epoch_end`` hook."""
+    import keras
+
+    class EpochRecorder(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.best = best
+            self.started = time.perf_counter()
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            values = {k: float(v) for k, v in (logs or {}).items()}
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                values["learning_rate"] = float(
+                    keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+                )
+            row = {"epoch": float(epoch + 1), **values}
+            history.append(row)
+            write_history(model_dir.history_file, history)
+            plot_curves(model_dir.curves_file, history)
+            current = values.get(monitor)
+            improved = current is not None and (self.best is None or current < self.best)
+            if improved:
+                self.best = current
+                save_keras_model(self.model, model_dir.model_file)
+            model_dir.last_checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            save_keras_model(self.model, model_dir.last_checkpoint)
+            state = {"epoch": epoch + 1, "best": self.best, "monitor": monitor}
+            write_text_atomic(model_dir.state_file, json.dumps(state) + "\n")
+            seconds = time.perf_counter() - self.started
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+            log(f"epoch {epoch + 1}: {shown}  ({seconds:.1f} s){'  *' if improved else ''}")
+            plugins.epoch_end(epoch=epoch + 1, logs=values, model_dir=model_dir.path)
+
+    return EpochRecorder()
+
+
+# --- the fit ------------------------------------------------------------------------------
+
+
+def fit_model(
+    config: Config,
+    plugins: PluginManager,
+    loader: PatchLoader,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    model_dir: Path,
+    info: ModelInfo,
+    *,
+    epochs: int | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> TrainResult:
+    """Build (or resume) the model and fit it on ``loader``'s batches.
+
+    Args:
+        config: the validated config.
+        plugins: where the architecture and loss come from.
+        loader: the training batches; ``loader.epoch_batches(epoch)`` yields ``(x, y)``.
+        validation: fixed validation patches ``(x, y)`` or None.
+        model_dir: where everything is written.
+        info: the model description to store in ``miscore.json`` (shapes, classes, cases).
+        epochs: overrides ``training.epochs``.
+        resume: continue from ``checkpoints/last.keras``.
+    """
+    import keras
+
+    folder = ModelDir(model_dir)
+    total = epochs or config.training.epochs
+    monitor = "val_loss" if validation is not None else "loss"
+    history: list[dict[str, float]] = []
+    best: float | None = None
+    initial_epoch = 0
+    keras.utils.set_random_seed(config.training.seed)
+    registry = plugins.registry
+    objects: dict[str, Any] = {}
+    architecture = registry.create("architecture", config.model.architecture, "model.architecture")
+    objects.update(architecture.custom_objects())
+    if config.model.loss.name in registry.names("loss"):
+        objects.update(registry.create("loss", config.model.loss).custom_objects())
+
+    if resume and folder.state_file.is_file():
+        state = json.loads(folder.state_file.read_text(encoding="utf-8"))
+        initial_epoch = int(state["epoch"])
+        best = state.get("best")
+        history = [r for r in read_history(folder.history_file) if r["epoch"] <= initial_epoch]
+        with distribution_scope(config):
+            # compile=True restores the optimizer with its state, and the loss
+            model = load_keras_model(folder.last_checkpoint, objects, compile=True)
+            if getattr(model, "optimizer", None) is None:
+                compile_model(model, config, plugins, info.n_classes)
+        log(f"resuming after epoch {initial_epoch} from {folder.last_checkpoint}")
+    else:
+        if resume:
+            log(f"nothing to resume in {model_dir}: starting from epoch 1")
+        elif folder.model_file.exists() or folder.state_file.exists():
+            raise InputError(
+                f"{model_dir}: already holds a model; use --resume to continue it or "
+                "choose another output folder"
+            )
+        with distribution_scope(config):
+            model = architecture.build(info.input_shape, info.n_classes)
+            compile_model(model, config, plugins, info.n_classes)
+    if initial_epoch >= total:
+        log(f"already trained for {initial_epoch} epochs (asked for {total})")
+        return TrainResult(folder.path, history, initial_epoch, best, monitor)
+
+    folder.write_metadata(config, info)
+    callbacks: list[Any] = [make_recorder(folder, plugins, history, monitor, best, log)]
+    if config.training.reduce_lr_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, factor=0.5, patience=config.training.reduce_lr_patience
+            )
+        )
+    if config.training.early_stopping:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(monitor=monitor, patience=config.training.early_stopping)
+        )
+    steps = loader.steps_per_epoch
+    try:
+        model.fit(
+            loader.forever(initial_epoch),
+            steps_per_epoch=steps,
+            epochs=total,
+            initial_epoch=initial_epoch,
+            validation_data=validation,
+            validation_batch_size=config.training.batch_size,
+            callbacks=callbacks,
+            shuffle=False,  # the loader shuffles, seeded
+            verbose=0,
+        )
+    finally:
+        loader.close()
+    if not folder.model_file.exists():
+        save_keras_model(model, folder.model_file)
+    info.epochs_trained = int(history[-1]["epoch"]) if history else initial_epoch
+    folder.write_metadata(config, info)
+    recorder = callbacks[0]
+    return TrainResult(folder.path, history, info.epochs_trained, recorder.best, monitor)
+
+
+def component_records(config: Config, plugins: PluginManager) -> list[ComponentRecord]:
+    """The plugins a model folder depends on, to name them when one is missing later."""
+    registry = plugins.registry
+    wanted: list[tuple[str, str]] = [("architecture", config.model.architecture.name)]
+    if config.model.loss.name in registry.names("loss"):
+        wanted.append(("loss", config.model.loss.name))
+    wanted += [("subfunction", s.name) for s in config.preprocessing]
+    records = []
+    for kind, name in wanted:
+        plugin = plugins.plugin_of(kind, name)
+        records.append(
+            ComponentRecord(kind=kind, name=name, plugin=plugin.name, version=plugin.version)
+        )
+    return records
+
+
+def steps_for(n_samples: int, batch_size: int, configured: int | None) -> int:
+    """Steps per epoch: configured, else one pass over the samples."""
+    if configured is not None:
+        return configured
+    if n_samples < 1:
+        raise PipelineError("no training samples: the dataset has no labelled cases")
+    return max(1, math.ceil(n_samples / batch_size))
+
+
+def check_cases(cases: Sequence[CachedCase]) -> None:
+    if not cases:
+        raise InputError("no labelled cases to train on")
+    for case in cases:
+        if case.label is None:
+            raise InputError(f"case {case.id}: has no label; training needs labelled cases")
+
+
+# --- the whole job ------------------------------------------------------------------------
+
+
+def split_validation(ids: Sequence[str], config: Config) -> tuple[list[str], list[str]]:
+    """``(train, validation)`` case ids: the explicit list, else a seeded share."""
+    training = config.training
+    if training.validation_cases:
+        unknown = sorted(set(training.validation_cases) - set(ids))
+        if unknown:
+            raise InputError(
+                f"training.validation_cases: no labelled case named {', '.join(unknown)}"
+            )
+        chosen = set(training.validation_cases)
+    elif training.validation_split > 0:
+        count = max(1, round(len(ids) * training.validation_split))
+        if count >= len(ids):
+            raise InputError(
+                f"training.validation_split {training.validation_split} leaves no training "
+                f"case out of {len(ids)}"
+            )
+        order = np.random.default_rng([training.seed, 99]).permutation(len(ids))
+        chosen = {ids[i] for i in order[:count]}
+    else:
+        chosen = set()
+    return [i for i in ids if i not in chosen], [i for i in ids if i in chosen]
+
+
+def train(
+    config: Config,
+    data: Path | str,
+    out: Path | str,
+    *,
+    plugins: PluginManager | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    cache: str | None = None,
+    local_plugins: Sequence[str] = (),
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> TrainResult:
+    """Train a model on the labelled cases of ``data`` and write the model folder ``out``.
+
+    Args:
+        config: a validated config.
+        data: the dataset folder (any supported layout).
+        out: the model folder to write (or to continue with ``resume``).
+        plugins: the plugin manager; a new one (installed plugins) when None.
+        epochs: overrides ``training.epochs``.
+        resume: continue an interrupted run in ``out``.
+        cache: the cache location (``--cache``), above ``MISCORE_CACHE_DIR`` and config.
+        local_plugins: ``--plugin`` modules, handed to worker processes.
+        log: where progress lines go.
+    """
+    from miscore.cache import CaseCache, open_cache
+    from miscore.config import check_components
+    from miscore.dataset import Dataset
+    from miscore.plugins import PluginManager
+
+    plugins = plugins or PluginManager(local_plugins=local_plugins)
+    registry = plugins.registry
+    components = check_components(config, registry)
+    plugins.configure(config)
+    dataset = Dataset.discover(data, registry, config.data.layout, config.data.io)
+    ids = dataset.labelled_ids
+    if not ids:
+        raise InputError(f"{data}: no labelled cases to train on")
+    train_ids, val_ids = split_validation(ids, config)
+    store = open_cache(config, cache)
+    cases = prepare_cases(config, plugins, dataset, ids, store, components["preprocessing"], log)
+    by_id = {c.id: c for c in cases}
+    check_cases(cases)
+    from miscore.loader import PatchLoader
+
+    loader = PatchLoader(
+        [by_id[i] for i in train_ids],
+        config,
+        components["augmentation"],
+        config.data.classes,
+        cache_root=str(store.root) if isinstance(store, CaseCache) else None,
+        cache_settings=store.settings,
+        local_plugins=local_plugins,
+    )
+    validation = loader.validation([by_id[i] for i in val_ids])
+    channels = cases[0].channels
+    info = ModelInfo(
+        plugins=plugins.versions(),
+        components=component_records(config, plugins),
+        input_shape=[*loader.patch_shape, channels]
+        if config.patching.mode != "full" or len({c.spatial_shape for c in cases}) == 1
+        else [None] * len(cases[0].spatial_shape) + [channels],
+        n_classes=config.data.classes,
+        training_cases=train_ids,
+        validation_cases=val_ids,
+    )
+    log(
+        f"training on {len(train_ids)} cases ({len(val_ids)} for validation), "
+        f"{loader.steps_per_epoch} steps of {config.training.batch_size} per epoch"
+    )
+    return fit_model(
+        config, plugins, loader, validation, Path(out), info, epochs=epochs, resume=resume, log=log
+    )
+
+
+def prepare_cases(
+    config: Config,
+    plugins: PluginManager,
+    dataset: Any,
+    ids: Sequence[str],
+    store: Any,
+    steps: Sequence[Any],
+    log: Callable[[str], None],
+) -> list[CachedCase]:
+    """Each case preprocessed once into the cache (or served from it)."""
+    from miscore.cache import pipeline_fingerprint
+    from miscore.preprocess import preprocess_case
+
+    cases = []
+    for case_id in ids:
+        source = dataset.source(case_id)
+        io_names = sorted({dataset.io_for(p).name for p in (*source.images, source.label) if p})
+        fingerprint = pipeline_fingerprint(
+            steps, plugins, training=True, classes=config.data.classes, io=io_names
+        )
+        inputs = [*source.images, *([source.label] if source.label else [])]
+        key = store.key(case_id, inputs, fingerprint)
+        cases.append(
+            store.get_or_build(
+                key,
+                lambda case_id=case_id: preprocess_case(
+                    dataset.load(case_id), steps, training=True
+                ),
+            )
+        )
+    log(f"cache: {len(cases)} cases ready")
+    return cases
