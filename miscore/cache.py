@@ -49,6 +49,7 @@ from miscore.volume import Case, Volume
 if TYPE_CHECKING:
     from miscore.components import Subfunction
     from miscore.config import CacheConfig, Config
+    from miscore.dataset import Dataset
     from miscore.plugins import PluginManager
 
 #: Environment variable naming the cache location (below ``--cache``, above ``cache.path``).
@@ -909,6 +910,51 @@ class CaseCache(CaseSource):
             (self.root / STATS).unlink(missing_ok=True)
             self.clean_temp(3600.0)
         return removed
+
+
+def dataset_key(
+    store: CaseSource,
+    dataset: Dataset,
+    case_id: str,
+    steps: Sequence[Subfunction],
+    manager: PluginManager,
+    config: Config,
+    training: bool = True,
+) -> CacheKey:
+    """The key of a dataset's case: its image and label files, the steps, the readers.
+
+    ``miscore cache build`` and training both key cases with this, so that one's entries
+    are the other's hits.
+    """
+    source = dataset.source(case_id)
+    label = [source.label] if source.label is not None else []
+    inputs = [*source.images, *label]
+    io_names = sorted({dataset.io_for(p).name for p in inputs})
+    fingerprint = pipeline_fingerprint(
+        steps, manager, training=training, classes=config.data.classes, io=io_names
+    )
+    return store.key(case_id, inputs, fingerprint)
+
+
+def cache_dataset_case(
+    store: CaseSource,
+    dataset: Dataset,
+    case_id: str,
+    steps: Sequence[Subfunction],
+    manager: PluginManager,
+    config: Config,
+    training: bool = True,
+) -> tuple[CachedCase, bool]:
+    """``(entry, hit)``: a dataset's case from the cache, read and preprocessed on a miss."""
+    from miscore.preprocess import preprocess_case
+
+    key = dataset_key(store, dataset, case_id, steps, manager, config, training)
+    found = store.get(key)
+    store._record(found is not None)
+    if found is not None:
+        return found, True
+    case = preprocess_case(dataset.load(case_id), steps, training=training)
+    return store.put(key, case), False
 
 
 def open_cache(

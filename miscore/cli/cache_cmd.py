@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from miscore.cli.state import print_json, state
-from miscore.errors import InputError
+from miscore.errors import InputError, MiscoreError, PipelineError
 
 if TYPE_CHECKING:
-    from miscore.cache import CaseCache
+    from miscore.cache import CaseCache, CaseSource
+    from miscore.components import Subfunction
+    from miscore.config import Config
+    from miscore.dataset import Dataset
+    from miscore.plugins import PluginManager
 
 app = typer.Typer(
     help="Build, inspect and clear the cache of preprocessed cases.", no_args_is_help=True
@@ -98,3 +105,152 @@ def _parse_shard(shard: str | None) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise InputError(f"--shard {shard}: need 0 <= i < n")
     return index, count
+
+
+@dataclass
+class _BuildJob:
+    """What building needs, opened once per process (the CLI's, or each worker's)."""
+
+    config: Config
+    manager: PluginManager
+    dataset: Dataset
+    steps: list[Subfunction]
+    store: CaseSource
+
+    @classmethod
+    def open(
+        cls,
+        config_path: Path,
+        data: Path | None,
+        cache: str | None,
+        manager: PluginManager,
+    ) -> _BuildJob:
+        from miscore.cache import open_cache
+        from miscore.config import load_config
+        from miscore.dataset import Dataset
+        from miscore.preprocess import build_steps
+
+        config = load_config(config_path)
+        if not config.cache.enabled:
+            raise InputError(
+                f"{config_path}: cache.enabled is false, so there is nothing to build; "
+                "set it to true (cases are then preprocessed once, here)"
+            )
+        data = data if data is not None else (Path(config.data.path) if config.data.path else None)
+        if data is None:
+            raise InputError("no dataset: give --data DATA or set data.path in the config")
+        registry = manager.registry
+        steps = build_steps(config.preprocessing, registry)
+        manager.configure(config)
+        dataset = Dataset.discover(data, registry, config.data.layout, config.data.io)
+        return cls(config, manager, dataset, steps, open_cache(config, cache))
+
+    def build(self, case_id: str) -> tuple[str, bool, float, str]:
+        """``(case_id, hit, seconds, error)``; errors are returned, so one case cannot stop
+        the others."""
+        from miscore.cache import cache_dataset_case
+
+        start = time.perf_counter()
+        try:
+            _entry, hit = cache_dataset_case(
+                self.store, self.dataset, case_id, self.steps, self.manager, self.config
+            )
+        except MiscoreError as exc:
+            return case_id, False, time.perf_counter() - start, str(exc)
+        return case_id, hit, time.perf_counter() - start, ""
+
+
+_WORKER: dict[str, _BuildJob] = {}
+
+
+def _worker_init(
+    config_path: str, data: str | None, cache: str | None, local_plugins: Sequence[str]
+) -> None:
+    """Each worker process builds its own plugin manager and opens the job once."""
+    from miscore.plugins import PluginManager
+
+    manager = PluginManager(local_plugins=local_plugins)
+    _WORKER["job"] = _BuildJob.open(
+        Path(config_path), None if data is None else Path(data), cache, manager
+    )
+
+
+def _worker_build(case_id: str) -> tuple[str, bool, float, str]:
+    return _WORKER["job"].build(case_id)
+
+
+@app.command()
+def build(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="The YAML config (preprocessing, cache).")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset folder; default: data.path.")
+    ] = None,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, help="Processes that preprocess cases.")
+    ] = 1,
+    shard: Annotated[
+        str | None,
+        typer.Option("--shard", help="i/n: build every n-th case from the i-th (0-based)."),
+    ] = None,
+    cache: CacheOption = None,
+) -> None:
+    """Preprocess the labelled cases of a dataset into the cache (done once, reused by train)."""
+    cli = state(ctx)
+    index, count = _parse_shard(shard)
+    job = _BuildJob.open(config, data, cache, cli.plugins)
+    ids = job.dataset.labelled_ids[index::count]
+    where = getattr(job.store, "root", "")
+    cli.log(f"cache {where}: {len(ids)} cases to check (shard {index}/{count})")
+    results: list[tuple[str, bool, float, str]] = []
+
+    def report(result: tuple[str, bool, float, str]) -> None:
+        results.append(result)
+        case_id, hit, seconds, error = result
+        status = f"failed: {error}" if error else ("cached" if hit else f"built in {seconds:.1f} s")
+        cli.log(f"[{len(results)}/{len(ids)}] {case_id}: {status}")
+
+    if workers == 1 or len(ids) <= 1:
+        for case_id in ids:
+            report(job.build(case_id))
+    else:
+        _build_parallel(config, data, cache, cli.local_plugins, ids, workers, report)
+    failed = [(r[0], r[3]) for r in results if r[3]]
+    hits = sum(1 for r in results if r[1])
+    cli.log(f"built {len(results) - hits - len(failed)}, cached {hits}, failed {len(failed)}")
+    if failed:
+        raise PipelineError(
+            f"{len(failed)} of {len(ids)} cases failed: "
+            + "; ".join(f"{case_id}: {error}" for case_id, error in failed[:3])
+            + ("; ..." if len(failed) > 3 else "")
+        )
+
+
+def _build_parallel(
+    config: Path,
+    data: Path | None,
+    cache: str | None,
+    local_plugins: Sequence[str],
+    ids: Sequence[str],
+    workers: int,
+    report: Any,
+) -> None:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # "spawn": a fresh interpreter per worker (no forked zarr/TensorFlow threads); each
+    # worker loads the plugins and opens the dataset and cache itself.
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(ids)),
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_worker_init,
+        initargs=(
+            str(config.absolute()),
+            None if data is None else str(data.absolute()),
+            cache,
+            tuple(local_plugins),
+        ),
+    ) as pool:
+        futures = [pool.submit(_worker_build, case_id) for case_id in ids]
+        for future in as_completed(futures):
+            report(future.result())

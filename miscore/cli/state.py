@@ -19,6 +19,8 @@ class CliState:
     plugins: PluginManager
     debug: bool = False
     quiet: bool = False
+    #: the ``--plugin`` / ``MISCORE_PLUGINS`` modules, for worker processes to load again
+    local_plugins: tuple[str, ...] = ()
 
     def log(self, message: str) -> None:
         """A progress line for people: stderr, silenced by ``--quiet``."""

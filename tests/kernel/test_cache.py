@@ -515,3 +515,57 @@ def test_cli_info_and_clear(tmp_path: Path) -> None:
     assert cleared.returncode == 0 and "removed 2 entries" in cleared.stderr
     assert CaseCache(tmp_path / "cache").info().entries == 0
     assert_one_line_error(run_cli("cache", "info", "--config", str(tmp_path / "missing.yaml")))
+
+
+def test_cli_build_in_shards_with_workers_then_hits(
+    tmp_path: Path, installed_plugins: miscore.PluginManager
+) -> None:
+    from miscore.cache import cache_dataset_case
+    from miscore.dataset import Dataset
+    from miscore.preprocess import build_steps
+    from miscore.synth import write_dataset
+    from tests.cli.helpers import assert_one_line_error, run_cli
+
+    data = tmp_path / "data"
+    write_dataset(data, installed_plugins.registry, n_cases=5, shape=(24, 24, 16), classes=3)
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(
+        "data: {classes: 3}\n"
+        "preprocessing: [{name: clip, min: -200, max: 300}, zscore]\n"
+        "patching: {mode: random, patch_shape: [16, 16, 16]}\n"
+    )
+    cache = tmp_path / "cache"
+    shard0 = run_cli(
+        "cache", "build", config_file, "--data", data, "--shard", "0/2", "--cache", cache
+    )
+    assert shard0.returncode == 0, shard0.stderr
+    assert "built 3, cached 0, failed 0" in shard0.stderr  # cases 0, 2, 4
+    both = run_cli(
+        "cache", "build", config_file, "--data", data, "--workers", "2", env={CACHE_ENV: str(cache)}
+    )
+    assert both.returncode == 0, both.stderr
+    assert "built 2, cached 3, failed 0" in both.stderr
+    info = CaseCache(cache).info()
+    assert (info.entries, info.cases, info.temp_folders) == (5, 5, 0)
+    # Training keys cases the same way: every case is now a hit, preprocessed as configured.
+    config = miscore.load_config(config_file)
+    store = open_cache(config, str(cache))
+    dataset = Dataset.discover(data, installed_plugins.registry)
+    steps = build_steps(config.preprocessing, installed_plugins.registry)
+    for case_id in dataset.ids:
+        entry, hit = cache_dataset_case(store, dataset, case_id, steps, installed_plugins, config)
+        assert hit
+        image = np.asarray(entry.image[...], dtype=np.float64)
+        assert abs(image.mean()) < 1e-3 and abs(image.std() - 1) < 1e-3  # zscore
+        assert entry.image.chunks == (16, 16, 16, 1)  # type: ignore[attr-defined]
+        source = dataset.source(case_id)
+        assert entry.meta["source"]["images"] == [str(p) for p in source.images]
+        assert set(entry.foreground) <= {1, 2} and entry.foreground
+    # Bad input is one line, exit code 2.
+    assert_one_line_error(
+        run_cli("cache", "build", config_file, "--data", data, "--shard", "2/2", "--cache", cache)
+    )
+    off = tmp_path / "off.yaml"
+    off.write_text("cache: {enabled: false}\n")
+    error = assert_one_line_error(run_cli("cache", "build", off, "--data", data))
+    assert "cache.enabled is false" in error
