@@ -1,0 +1,40 @@
+"""``miscore plan DATA --out config.yaml``: a complete config planned from the fingerprint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from miscore.cli.state import state
+
+
+def plan(
+    ctx: typer.Context,
+    data: Annotated[Path, typer.Argument(help="The dataset folder (any layout miscore reads).")],
+    out: Annotated[Path, typer.Option("--out", help="The config file to write (YAML).")],
+    memory_gb: Annotated[
+        float, typer.Option("--memory-gb", help="Accelerator memory training may use, in GB.")
+    ] = 8.0,
+    two_d: Annotated[
+        bool, typer.Option("--2d", help="Plan a 2D network on slices of 3D volumes.")
+    ] = False,
+    layout: Annotated[
+        str, typer.Option("--layout", help="auto, msd, cases, dicom, image2d or files.")
+    ] = "auto",
+) -> None:
+    """Plan spacing, intensity scheme, patch, batch and network depth; every value says why."""
+    from miscore.analysis import analyze_dataset
+    from miscore.atomic import write_text_atomic
+    from miscore.dataset import Dataset
+    from miscore.planning import plan_config
+
+    cli = state(ctx)
+    dataset = Dataset.discover(data, cli.plugins.registry, layout=layout)
+    fingerprint = analyze_dataset(dataset, progress=cli.log)
+    planned = plan_config(
+        fingerprint, memory_gb=memory_gb, two_d=two_d, data_path=str(data.resolve())
+    )
+    write_text_atomic(out, planned.to_yaml())
+    cli.log(f"wrote {out}")

@@ -1,0 +1,95 @@
+"""Planning a config from a fingerprint: spacing, intensity scheme, patch, batch, depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+import miscore
+from miscore.analysis import analyze_dataset
+from miscore.config import check_components, load_config
+from miscore.dataset import Dataset
+from miscore.planning import estimate_memory_bytes, plan_config, target_spacing
+from miscore.synth import write_dataset
+from tests.kernel.test_analysis import write_mr_dataset
+
+
+@pytest.fixture
+def registry(installed_plugins: miscore.PluginManager) -> miscore.Registry:
+    return installed_plugins.registry
+
+
+def test_target_spacing_median_and_anisotropy_rule() -> None:
+    assert target_spacing([[1, 1, 1], [2, 2, 2], [3, 3, 3]]) == [2, 2, 2]
+    spacings = [[0.7, 0.7, s] for s in (1.5, 2.5, 3.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0)]
+    # median 0.7 x 0.7 x 5: anisotropic, the thick axis takes its 10th percentile
+    assert target_spacing(spacings) == [0.7, 0.7, pytest.approx(2.4, abs=1e-3)]
+
+
+def test_memory_estimate_grows_with_the_patch() -> None:
+    small, large = estimate_memory_bytes([64, 64, 64]), estimate_memory_bytes([128, 128, 128])
+    assert large == pytest.approx(8 * small)
+    assert 4e9 < large < 8e9  # about 5.7 GB, as documented
+
+
+def test_plan_for_ct_phantoms(tmp_path: Path, registry: miscore.Registry) -> None:
+    write_dataset(tmp_path / "data", registry, n_cases=3, shape=(40, 36, 20), seed=1)
+    fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", registry))
+    plan = plan_config(fingerprint, memory_gb=8)
+    config = plan.config
+    names = [s.name for s in config.preprocessing]
+    assert names[-2:] == ["clip", "zscore"]
+    clip, zscore = config.preprocessing[-2].params, config.preprocessing[-1].params
+    fg = fingerprint.intensity[0].foreground
+    assert clip["min"] == [pytest.approx(fg.percentile_00_5, abs=0.01)]
+    assert clip["max"] == [pytest.approx(fg.percentile_99_5, abs=0.01)]
+    assert zscore["mean"] == [pytest.approx(fg.mean, abs=1e-3)]
+    assert config.data.classes == 3
+    patch = config.patching.patch_shape
+    assert patch is not None
+    depth = config.model.architecture.params["depth"]
+    assert all(p % 2**depth == 0 for p in patch)
+    assert min(patch) / 2**depth >= 4
+    text = plan.to_yaml()
+    assert "# CT: the 0.5/99.5 percentiles" in text
+    assert yaml.safe_load(text)["patching"]["patch_shape"] == patch
+
+
+def test_plan_shrinks_the_patch_to_the_memory(tmp_path: Path, registry: miscore.Registry) -> None:
+    write_dataset(tmp_path / "data", registry, n_cases=2, shape=(64, 64, 48), seed=2)
+    fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", registry))
+    roomy = plan_config(fingerprint, memory_gb=80).config
+    tight = plan_config(fingerprint, memory_gb=0.5).config
+    assert roomy.patching.patch_shape is not None and tight.patching.patch_shape is not None
+    assert np.prod(tight.patching.patch_shape) < np.prod(roomy.patching.patch_shape)
+    budget = 0.5e9 * 0.75
+    assert 2 * estimate_memory_bytes(tight.patching.patch_shape) <= budget
+    assert tight.training.batch_size >= 2
+    assert roomy.training.batch_size >= tight.training.batch_size
+
+
+def test_plan_for_mr_and_2d(tmp_path: Path, registry: miscore.Registry) -> None:
+    write_mr_dataset(tmp_path / "mr", [(1.0, 1.0, 3.0), (0.9, 0.9, 3.3), (1.1, 1.1, 2.7)])
+    fingerprint = analyze_dataset(Dataset.discover(tmp_path / "mr", registry))
+    plan = plan_config(fingerprint, two_d=True)
+    config = plan.config
+    assert [s.model_dump() for s in config.preprocessing][-1] == {"name": "zscore"}
+    assert config.preprocessing[0].name == "resample"
+    assert config.patching.mode == "slice"
+    assert config.patching.slice_axis == 2
+    assert config.patching.patch_shape is not None and len(config.patching.patch_shape) == 2
+    assert config.data.classes == 2
+
+
+def test_planned_config_passes_validation(tmp_path: Path, registry: miscore.Registry) -> None:
+    write_dataset(tmp_path / "data", registry, n_cases=2, shape=(32, 32, 16), seed=4)
+    fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", registry))
+    path = tmp_path / "config.yaml"
+    path.write_text(plan_config(fingerprint).to_yaml())
+    config = load_config(path)
+    created = check_components(config, registry)  # needs the 'unet' and 'tversky' plugins
+    assert created["architecture"].name == "unet"
+    assert [s.name for s in created["preprocessing"]] == [s.name for s in config.preprocessing]
