@@ -51,6 +51,10 @@ DEFAULT_METRICS: tuple[str, ...] = (
 
 EmptyFlag = Literal["", "both", "pred", "truth"]
 
+#: a prediction and its truth are on one grid when their affines agree to this (mm), as
+#: images and labels must in ``miscore.dataset``
+GRID_ATOL_MM = 1e-3
+
 
 def _nan_from_none(value: Any) -> Any:
     return math.nan if value is None else value
@@ -237,7 +241,7 @@ def evaluate_case(
     Raises ``InputError`` naming the case when the two volumes are not on the same grid.
     """
     check_case_id(case_id)
-    if not prediction.same_grid(truth):
+    if not prediction.same_grid(truth, atol=GRID_ATOL_MM):
         raise InputError(
             f"case {case_id}: the prediction's grid (shape {prediction.spatial_shape}, spacing "
             f"{_mm(prediction.spacing)}) differs from the ground truth's (shape "

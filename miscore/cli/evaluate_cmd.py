@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -12,71 +13,81 @@ from miscore.cli.state import CliState, print_json, state
 from miscore.errors import InputError
 
 if TYPE_CHECKING:
+    from miscore.dataset import Dataset
     from miscore.evaluate import EvaluationReport
     from miscore.registry import Registry
     from miscore.volume import Volume
 
 
-def list_cases(folder: Path, registry: Registry, what: str) -> dict[str, Path]:
-    """Case id -> path of every readable file (or DICOM folder) directly in ``folder``.
+@dataclass(frozen=True)
+class CasePair:
+    """Where the prediction and the ground truth of one case are."""
 
-    A single file stands for one case. Hidden entries and files no IO plugin reads (e.g. a
-    ``dataset.json``) are skipped; two files giving one case id are an error.
+    case_id: str
+    prediction: Path
+    truth: Path
+
+
+def find_pairs(
+    pred: Path, gt: Path, registry: Registry, layout: str = "auto"
+) -> tuple[Dataset, list[CasePair], list[str]]:
+    """Pair predictions with ground truth by case id.
+
+    ``pred`` is a flat folder of label files (or one file). ``gt`` is a flat folder of label
+    files, one file, or a dataset of any ``miscore.dataset`` layout, whose label files are
+    used. Returns the ground-truth dataset, the pairs (in case id order) and the ids of
+    ground-truth cases without a prediction. Two single files pair whatever their names.
+
+    Raises ``InputError`` when a prediction has no ground truth.
     """
-    if not folder.exists():
-        raise InputError(f"{what} {folder}: no such file or folder")
-    candidates = [folder] if folder.is_file() else sorted(folder.iterdir())
-    cases: dict[str, Path] = {}
-    for path in candidates:
-        if path.name.startswith("."):
-            continue
-        try:
-            io = registry.io_for(path)
-        except InputError:
-            continue
-        case_id = io.case_id(path)
-        if case_id in cases:
-            raise InputError(
-                f"{what} {folder}: {cases[case_id].name} and {path.name} are both case "
-                f"{case_id!r}; keep one file per case"
-            )
-        cases[case_id] = path
-    if not cases:
-        raise InputError(f"{what} {folder}: no readable label files found")
-    return cases
+    from miscore.dataset import Dataset
 
-
-def read_labels(path: Path, registry: Registry) -> Volume:
-    """A label map read by the IO plugin that handles ``path``, checked to be integer classes."""
-    from miscore.labels import as_label_volume
-
-    return as_label_volume(registry.io_for(path).read(path), path)
-
-
-def pair_cases(
-    pred: Path, gt: Path, registry: Registry
-) -> tuple[list[tuple[str, Path, Path]], list[str]]:
-    """``(case_id, prediction path, truth path)`` per prediction, and the unpredicted ids.
-
-    Every prediction needs a ground truth (else ``InputError``); ground truths without a
-    prediction are returned so the caller can report them (a test fold is often a subset).
-    When both arguments are single files they form one pair whatever their names.
-    """
-    if pred.is_file() and gt.is_file():
-        predictions = list_cases(pred, registry, "PRED")
-        (case_id,) = predictions
-        return [(case_id, pred, gt)], []
-    predictions = list_cases(pred, registry, "PRED")
-    truths = list_cases(gt, registry, "GT")
-    missing = sorted(set(predictions) - set(truths))
+    predictions = Dataset.discover(pred, registry, layout="files")
+    truths = Dataset.discover(gt, registry, layout=layout)
+    labels: dict[str, Path] = {}
+    for case in truths.cases:
+        label = case.images[0] if truths.layout == "files" else case.label
+        if label is not None:
+            labels[case.id] = label
+    if pred.is_file() and len(labels) == 1 and truths.layout == "files":
+        (truth,) = labels.values()
+        (source,) = predictions.cases
+        return truths, [CasePair(source.id, source.images[0], truth)], []
+    if not labels:
+        raise InputError(f"GT {gt}: no labelled cases in this {truths.layout!r} dataset")
+    missing = [c.id for c in predictions.cases if c.id not in labels]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise InputError(
             f"GT {gt}: no ground truth for {len(missing)} predicted case(s): {shown}; "
             f"file names must give the same case ids"
         )
-    pairs = [(c, p, truths[c]) for c, p in predictions.items()]
-    return pairs, sorted(set(truths) - set(predictions))
+    pairs = [CasePair(c.id, c.images[0], labels[c.id]) for c in predictions.cases]
+    predicted = set(predictions.ids)
+    return truths, pairs, sorted(c for c in labels if c not in predicted)
+
+
+def read_pair(pair: CasePair, truths: Dataset) -> tuple[Volume, Volume]:
+    """The prediction and ground-truth label maps of one case.
+
+    A label format that needs its image to be read (DICOM SEG, RTSTRUCT: their IO overrides
+    ``read_label``) is loaded with its case through the dataset; other label files are read
+    alone, without the image.
+    """
+    from miscore.components import ImageIO
+    from miscore.labels import as_label_volume
+
+    truth_io = truths.io_for(pair.truth)
+    if type(truth_io).read_label is ImageIO.read_label:  # no image needed
+        truth = as_label_volume(truth_io.read(pair.truth), pair.truth)
+    else:
+        case = truths.load(pair.case_id)
+        if case.label is None:
+            raise InputError(f"GT {pair.truth}: case {pair.case_id} has no label")
+        truth = case.label
+    pred_io = truths.registry.io_for(pair.prediction)
+    # the truth lies on the image's grid, which is all read_label needs of the image
+    return pred_io.read_label(pair.prediction, truth), truth
 
 
 def _parse_classes(values: list[str] | None) -> list[int] | None:
@@ -156,6 +167,13 @@ def evaluate(
             "specificity hd95 assd nsd volume_pred_ml volume_true_ml.",
         ),
     ] = None,
+    layout: Annotated[
+        str,
+        typer.Option(
+            "--layout",
+            help="Layout of GT: auto, msd, cases, dicom, image2d or files (a flat folder).",
+        ),
+    ] = "auto",
     nsd_tolerance: Annotated[
         float | None,
         typer.Option("--nsd-tolerance", help="Tolerance of 'nsd' in mm (default 1.0).", min=0.0),
@@ -176,14 +194,14 @@ def evaluate(
         if "nsd" not in specs:
             raise InputError("--nsd-tolerance: the 'nsd' metric is not asked for")
         specs = [{"name": "nsd", "tolerance_mm": nsd_tolerance} if s == "nsd" else s for s in specs]
-    pairs, unpredicted = pair_cases(pred, gt, registry)
+    truths, pairs, unpredicted = find_pairs(pred, gt, registry, layout)
     if unpredicted:
         cli.log(f"{len(unpredicted)} ground-truth case(s) have no prediction and are skipped")
 
     def volumes() -> Iterator[tuple[str, Volume, Volume]]:
-        for i, (case_id, pred_path, gt_path) in enumerate(pairs, start=1):
-            cli.log(f"[{i}/{len(pairs)}] {case_id}")
-            yield case_id, read_labels(pred_path, registry), read_labels(gt_path, registry)
+        for i, pair in enumerate(pairs, start=1):
+            cli.log(f"[{i}/{len(pairs)}] {pair.case_id}")
+            yield (pair.case_id, *read_pair(pair, truths))
 
     report = run_evaluation(volumes(), registry, metrics=specs, classes=class_ids)
     if out is not None:

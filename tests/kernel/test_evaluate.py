@@ -182,7 +182,7 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
         write_nifti(pred / f"{case_id}.nii.gz", p)
         write_nifti(gt / f"{case_id}.nii.gz", t)
     write_nifti(gt / "c.nii.gz", labels((1, (0, 0, 0), 4)))  # ground truth not predicted
-    (gt / "dataset.json").write_text("{}")  # not a label file: skipped
+    (gt / "README.txt").write_text("notes")  # not a label file: skipped
     return pred, gt
 
 
@@ -238,3 +238,18 @@ def test_cli_errors_name_the_case(folders: tuple[Path, Path], tmp_path: Path) ->
     result = run_cli("evaluate", tmp_path / "nothing", gt)
     assert result.returncode == 2
     assert "no such file or folder" in result.stderr
+
+
+def test_cli_ground_truth_as_an_msd_dataset(tmp_path: Path) -> None:
+    root, pred = tmp_path / "Task01", tmp_path / "pred"
+    for case_id, p, t in two_cases():
+        image = t.with_array(t.array.astype(np.float32) * 100)
+        write_nifti(root / "imagesTr" / f"{case_id}_0000.nii.gz", image)
+        write_nifti(root / "labelsTr" / f"{case_id}.nii.gz", t)
+        write_nifti(pred / f"{case_id}.nii.gz", p)
+    write_nifti(root / "imagesTs" / "t1_0000.nii.gz", labels())  # unlabelled: never paired
+    result = run_cli("evaluate", pred, root, "--json", "-m", "dice", "-c", "1,2")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert [r["values"]["dice"] for r in data["rows"]] == pytest.approx([0.75, 0.0, 1.0, 1.0])
+    assert data["classes"] == [1, 2]
