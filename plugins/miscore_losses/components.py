@@ -56,6 +56,12 @@ class SegmentationLossComponent(miscore.Loss):
         cls = getattr(keras_losses, self.keras_class)
         return cls(n_classes=n_classes, **self.params.model_dump())
 
+    def custom_objects(self) -> dict[str, Any]:
+        """Importing the Keras losses registers them; a saved model then loads them."""
+        from miscore_losses import keras_losses  # noqa: F401
+
+        return {}
+
     def check(self, n_classes: int) -> None:
         if n_classes < 1:
             raise miscore.InputError(f"loss {self.name}: n_classes is {n_classes}; need >= 1")
