@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.ndimage import gaussian_filter
 
 import miscore
@@ -302,3 +304,42 @@ def test_nsd_against_brute_force(registry: miscore.Registry) -> None:
     assert score(registry, "hd95", pred, truth, spacing) == pytest.approx(
         np.percentile(pooled, 95), abs=1e-9
     )
+
+
+# --- properties ---------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    spacing=st.tuples(*[st.floats(0.3, 4.0)] * 3),
+    density=st.floats(0.05, 0.6),
+)
+def test_symmetries_and_bounds(
+    registry: miscore.Registry, seed: int, spacing: tuple[float, float, float], density: float
+) -> None:
+    rng = np.random.default_rng(seed)
+    pred = rng.random((7, 6, 5)) < density
+    truth = rng.random((7, 6, 5)) < density
+    for name in ("dice", "iou", "hd95", "hd", "assd", "nsd", "volume_diff_ml"):
+        forward = score(registry, name, pred, truth, spacing)
+        backward = score(registry, name, truth, pred, spacing)
+        assert forward == pytest.approx(backward, nan_ok=True), name
+    assert score(registry, "precision", pred, truth, spacing) == pytest.approx(
+        score(registry, "recall", truth, pred, spacing)
+    )
+    dice = score(registry, "dice", pred, truth, spacing)
+    iou = score(registry, "iou", pred, truth, spacing)
+    assert dice == pytest.approx(2 * iou / (1 + iou))
+    if pred.any() and truth.any():
+        hd95 = score(registry, "hd95", pred, truth, spacing)
+        assert (
+            0
+            <= score(registry, "assd", pred, truth, spacing)
+            <= score(registry, "hd", pred, truth, spacing)
+        )
+        assert hd95 <= score(registry, "hd", pred, truth, spacing) + 1e-9
+        hd = score(registry, "hd", pred, truth, spacing)
+        assert score(registry, "nsd", pred, truth, spacing, tolerance_mm=hd) == 1.0
+        within_hd95 = score(registry, "nsd", pred, truth, spacing, tolerance_mm=hd95)
+        assert 0.5 <= within_hd95 <= 1.0
