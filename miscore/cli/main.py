@@ -24,6 +24,7 @@ from miscore.cli import (
     plan_cmd,
     plugins_cmd,
     synth_cmd,
+    train_cmd,
 )
 from miscore.cli.state import CliState
 from miscore.errors import MiscoreError
@@ -86,6 +87,8 @@ def build_app(manager: PluginManager) -> typer.Typer:
     app.add_typer(cache_cmd.app, name="cache")
     app.command("analyze")(analyze_cmd.analyze)
     app.command("plan")(plan_cmd.plan)
+    app.command("train")(train_cmd.train)
+    app.command("predict")(train_cmd.predict)
     manager.register_commands(app)
     return app
 

@@ -1,0 +1,102 @@
+"""``miscore train`` and ``miscore predict``: the two steps most runs are made of."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from miscore.cli.state import state
+
+
+def train(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="The YAML config file.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset folder (else config data.path).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Model folder to write.")] = Path("model"),
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Override training.epochs.")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run in --out.")
+    ] = False,
+    cache: Annotated[
+        str | None, typer.Option("--cache", help="Cache location (above MISCORE_CACHE_DIR).")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option("--workers", min=1, help="Override training.workers.")
+    ] = None,
+) -> None:
+    """Train a model on a dataset and write the model folder."""
+    from miscore.config import load_config
+    from miscore.errors import InputError
+    from miscore.training import train as run_training
+
+    cli = state(ctx)
+    settings = load_config(config)
+    if workers is not None:
+        settings.training.workers = workers
+    dataset = data or (Path(settings.data.path) if settings.data.path else None)
+    if dataset is None:
+        raise InputError("no dataset: give --data DATA or set data.path in the config")
+    result = run_training(
+        settings,
+        dataset,
+        out,
+        plugins=cli.plugins,
+        epochs=epochs,
+        resume=resume,
+        cache=cache,
+        local_plugins=cli.local_plugins,
+        log=cli.log,
+    )
+    best = f", best {result.monitor} {result.best:.4g}" if result.best is not None else ""
+    print(f"model: {result.model_dir} ({result.epochs} epochs{best})")
+
+
+def predict(
+    ctx: typer.Context,
+    model_dir: Annotated[Path, typer.Argument(help="A model folder written by miscore train.")],
+    inputs: Annotated[
+        list[Path], typer.Argument(help="Image files, series folders or dataset folders.")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the predictions.")] = Path(
+        "predictions"
+    ),
+    overlap: Annotated[
+        float | None, typer.Option("--overlap", min=0.0, max=0.99, help="Window overlap.")
+    ] = None,
+    blend: Annotated[
+        Literal["mean", "gaussian"] | None, typer.Option("--blend", help="Window blending.")
+    ] = None,
+    tta: Annotated[
+        bool | None, typer.Option("--tta/--no-tta", help="Mirroring test-time augmentation.")
+    ] = None,
+    probabilities: Annotated[
+        bool, typer.Option("--probabilities", help="Also write class probabilities.")
+    ] = False,
+    fmt: Annotated[
+        str | None,
+        typer.Option("--format", help="Write with this IO (e.g. nifti); default: the input's."),
+    ] = None,
+) -> None:
+    """Predict label maps with a trained model; each is written with its input's geometry."""
+    from miscore.inference import predict as run_prediction
+
+    cli = state(ctx)
+    written = run_prediction(
+        model_dir,
+        inputs,
+        out,
+        plugins=cli.plugins,
+        overlap=overlap,
+        blend=blend,
+        tta=tta,
+        with_probabilities=probabilities,
+        writer=fmt,
+        log=cli.log,
+    )
+    print(f"{len(written)} predictions in {out}")

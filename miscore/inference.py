@@ -1,0 +1,362 @@
+"""Prediction: sliding windows over the preprocessed volume, blended, mapped back, written.
+
+``load_model(model_dir)`` gives a ``Predictor``; ``predictor.predict_case(case)`` returns the
+label map on the case's own grid; ``predict(model_dir, inputs, out)`` writes one file per case
+with the input's IO plugin and geometry, so a prediction overlays its image in any viewer.
+
+Memory stays bounded: per-class sums are float32 (``inference.accumulate: float16`` halves
+them) and the final label map is uint8/uint16; no float64 copy of the whole output is made.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from miscore.augmenting import TTATransform, tta_transforms
+from miscore.components import ImageIO, Subfunction
+from miscore.config import Config
+from miscore.errors import InputError
+from miscore.labels import label_dtype
+from miscore.modeldir import ModelDir, ModelInfo, check_plugins, custom_objects, load_keras_model
+from miscore.patching import Window, extract_patch, grid_windows, window_region
+from miscore.preprocess import build_steps, postprocess_prediction, preprocess_case
+from miscore.volume import Case, Volume
+
+if TYPE_CHECKING:
+    from miscore.plugins import PluginManager
+
+
+def gaussian_importance(patch_shape: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """A window weight that is 1 at the centre and falls off to the borders (nnU-Net's)."""
+    weights = np.ones((), np.float32)
+    for n in patch_shape:
+        x = np.arange(n, dtype=np.float32) - (n - 1) / 2
+        sigma = max(n * sigma_scale, 1e-3)
+        axis = np.exp(-0.5 * (x / sigma) ** 2).astype(np.float32)
+        weights = np.multiply.outer(weights, axis)
+    weights = weights / weights.max()
+    # never zero: every voxel of a window counts a little
+    result: np.ndarray = np.maximum(weights, 1e-3).astype(np.float32)
+    return result
+
+
+@dataclass
+class SlidingWindow:
+    """Sliding-window prediction of one preprocessed volume.
+
+    Args:
+        predict_batch: ``(B, *patch, C) -> (B, *patch, K)`` class probabilities.
+        patch_shape: window shape on the volume (1 on the slice axis in slice mode).
+        overlap: share of a window its neighbours overlap.
+        blend: ``mean`` (equal weights) or ``gaussian`` (centre counts more).
+        batch_size: windows predicted at once.
+        slice_axis: set in slice mode: windows are 2D slices along this axis.
+        tta: test-time transforms (mirroring); their mean is the window's prediction.
+        accumulate: dtype of the per-class sums (float32 or float16).
+    """
+
+    predict_batch: Callable[[np.ndarray], np.ndarray]
+    patch_shape: tuple[int, ...]
+    overlap: float = 0.5
+    blend: str = "gaussian"
+    batch_size: int = 1
+    slice_axis: int | None = None
+    tta: Sequence[TTATransform] = field(default_factory=tuple)
+    accumulate: Any = np.float32
+
+    def windows(self, shape: Sequence[int]) -> list[Window]:
+        return grid_windows(shape, self.patch_shape, self.overlap)
+
+    def _model_patch(self, patch: np.ndarray) -> np.ndarray:
+        return patch if self.slice_axis is None else np.squeeze(patch, self.slice_axis)
+
+    def _predict(self, patches: list[np.ndarray]) -> list[np.ndarray]:
+        """Probabilities for each window, mean over the TTA transforms."""
+        inputs = [self._model_patch(p) for p in patches]
+        if not self.tta:
+            out = np.asarray(self.predict_batch(np.stack(inputs)), dtype=np.float32)
+            return list(out)
+        total: list[np.ndarray] | None = None
+        for transform in self.tta:
+            moved = np.stack([np.ascontiguousarray(transform.forward(p)) for p in inputs])
+            out = np.asarray(self.predict_batch(moved), dtype=np.float32)
+            back = [transform.inverse(o) for o in out]
+            total = back if total is None else [t + b for t, b in zip(total, back, strict=True)]
+        assert total is not None
+        return [t / np.float32(len(self.tta)) for t in total]
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        """``(*spatial, C)`` -> ``(*spatial, K)`` blended class scores (not normalised).
+
+        The scores' argmax is the prediction; divide by their sum over classes for
+        probabilities (done by ``probabilities``).
+        """
+        spatial = image.shape[:-1]
+        windows = self.windows(spatial)
+        weight = (
+            gaussian_importance(self.patch_shape)
+            if self.blend == "gaussian"
+            else np.ones(self.patch_shape, np.float32)
+        )
+        scores: np.ndarray | None = None
+        for chunk in _chunks(windows, self.batch_size):
+            patches = [extract_patch(image, w, 0.0) for w in chunk]
+            for window, probs in zip(chunk, self._predict(patches), strict=True):
+                if self.slice_axis is not None:
+                    probs = np.expand_dims(probs, self.slice_axis)
+                if scores is None:
+                    scores = np.zeros((*spatial, probs.shape[-1]), self.accumulate)
+                in_volume, in_patch = window_region(window, spatial)
+                scores[in_volume] += (probs[in_patch] * weight[in_patch][..., None]).astype(
+                    self.accumulate
+                )
+        assert scores is not None
+        return scores
+
+
+def _chunks(items: Sequence[Window], size: int) -> Iterator[list[Window]]:
+    for i in range(0, len(items), size):
+        yield list(items[i : i + size])
+
+
+def labels_from_scores(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Class ids ``(*spatial, 1)``: argmax, or a threshold for one sigmoid channel."""
+    if scores.shape[-1] == 1:
+        binary: np.ndarray = (scores[..., 0] > threshold).astype(np.uint8)[..., None]
+        return binary
+    n = scores.shape[-1]
+    classes: np.ndarray = np.argmax(scores, axis=-1).astype(label_dtype(n - 1))[..., None]
+    return classes
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Blended scores -> probabilities that sum to 1 over the classes (float32)."""
+    total = scores.sum(axis=-1, keepdims=True, dtype=np.float32)
+    result: np.ndarray = (scores / np.maximum(total, np.float32(1e-12))).astype(np.float32)
+    return result
+
+
+def keep_largest_component(label: np.ndarray) -> np.ndarray:
+    """Per foreground class, keep only its largest connected component."""
+    from scipy import ndimage
+
+    out = label.copy()
+    for cls in np.unique(label):
+        if cls == 0:
+            continue
+        components, count = ndimage.label(label == cls)
+        if count <= 1:
+            continue
+        sizes = np.bincount(components.ravel())[1:]
+        keep = int(np.argmax(sizes)) + 1
+        out[(components != keep) & (components > 0)] = 0
+    return out
+
+
+@dataclass
+class Predictor:
+    """A trained model with its config and preprocessing chain, ready to predict."""
+
+    model: Any
+    config: Config
+    info: ModelInfo
+    steps: list[Subfunction]
+    plugins: PluginManager
+    model_dir: Path
+
+    def sliding_window(
+        self,
+        shape: Sequence[int],
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: bool | None = None,
+    ) -> SlidingWindow:
+        """The sliding window for a preprocessed volume of spatial ``shape``."""
+        inference = self.config.inference
+        patching = self.config.patching
+        ndim = len(shape)
+        slice_axis = patching.slice_axis if patching.mode == "slice" else None
+        model_spatial = self.info.input_shape[:-1]
+        patch = [int(n) for n in shape]
+        if slice_axis is not None:
+            patch[slice_axis] = 1
+        elif patching.mode != "full" or None not in model_spatial:
+            patch = [int(n or 0) for n in model_spatial]
+        use_tta = inference.tta if tta is None else tta
+        transforms = tta_transforms(ndim if slice_axis is None else 2) if use_tta else []
+        model = self.model
+
+        def predict_batch(batch: np.ndarray) -> np.ndarray:
+            out = model.predict_on_batch(batch)
+            if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution head
+                out = out[0]
+            return np.asarray(out)
+
+        return SlidingWindow(
+            predict_batch,
+            tuple(int(n) for n in patch),
+            overlap=inference.overlap if overlap is None else overlap,
+            blend=inference.blend if blend is None else blend,
+            batch_size=inference.batch_size,
+            slice_axis=slice_axis,
+            tta=transforms,
+        )
+
+    def predict_case(
+        self,
+        case: Case,
+        *,
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: bool | None = None,
+        with_probabilities: bool = False,
+    ) -> tuple[Volume, Volume | None]:
+        """Predict one case; returns the label map on the case's grid (and probabilities)."""
+        ready = preprocess_case(case, self.steps, training=False)
+        image = np.asarray(ready.image.array, dtype=np.float32)
+        window = self.sliding_window(image.shape[:-1], overlap, blend, tta)
+        scores = window(image)
+        label = labels_from_scores(scores, self.config.inference.threshold)
+        if self.config.inference.keep_largest:
+            label = keep_largest_component(label)
+        on_grid = postprocess_prediction(ready.image.with_array(label), ready, self.steps)
+        prediction = Volume(on_grid.array, case.image.affine, dict(case.image.meta))
+        probs: Volume | None = None
+        if with_probabilities:
+            back = postprocess_prediction(
+                ready.image.with_array(probabilities(scores)), ready, self.steps
+            )
+            probs = Volume(back.array, case.image.affine, dict(case.image.meta))
+        return prediction, probs
+
+
+def load_model(model_dir: Path | str, plugins: PluginManager | None = None) -> Predictor:
+    """Load a model folder written by ``miscore train`` (Keras safe mode)."""
+    from miscore.plugins import PluginManager
+
+    folder = ModelDir(model_dir)
+    info = folder.info()
+    config = folder.config()
+    plugins = plugins or PluginManager()
+    check_plugins(info, plugins)
+    model = load_keras_model(folder.model_file, custom_objects(config, plugins), compile=False)
+    steps = build_steps(config.preprocessing, plugins.registry)
+    return Predictor(model, config, info, steps, plugins, folder.path)
+
+
+@dataclass
+class InputCase:
+    """One thing to predict: its id, how to read it, and the IO that writes its prediction."""
+
+    id: str
+    read: Callable[[], Case]
+    io: ImageIO
+    source: Path
+
+
+def find_inputs(
+    inputs: Sequence[Path | str], plugins: PluginManager, layout: str = "auto"
+) -> list[InputCase]:
+    """Files, series folders and dataset folders -> the cases to predict, ids unique."""
+    from miscore.dataset import Dataset
+
+    registry = plugins.registry
+    found: list[InputCase] = []
+    for raw in inputs:
+        path = Path(raw)
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        io: ImageIO | None = None
+        try:
+            io = registry.io_for(path)
+        except InputError:
+            io = None
+        if io is not None:
+            reader = io
+            case_id = _input_id(io, path)
+            found.append(
+                InputCase(case_id, functools.partial(_read_file, reader, path, case_id), io, path)
+            )
+            continue
+        dataset = Dataset.discover(path, registry, layout)
+        for source in dataset:
+            first = source.images[0]
+            found.append(
+                InputCase(
+                    source.id,
+                    functools.partial(dataset.load, source.id, label=False),
+                    dataset.io_for(first),
+                    first,
+                )
+            )
+    ids = [c.id for c in found]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise InputError(f"several inputs give the case id(s) {', '.join(duplicates)}")
+    if not found:
+        raise InputError("no input to predict")
+    return found
+
+
+def _read_file(io: ImageIO, path: Path, case_id: str) -> Case:
+    return Case(case_id, io.read(path))
+
+
+def _input_id(io: ImageIO, path: Path) -> str:
+    from miscore.volume import check_case_id
+
+    case_id = io.case_id(path)
+    # nnU-Net style single-channel files: case_0000.nii.gz -> case
+    if len(case_id) > 5 and case_id[-5] == "_" and case_id[-4:].isdigit():
+        case_id = case_id[:-5]
+    return check_case_id(case_id)
+
+
+def predict(
+    model_dir: Path | str,
+    inputs: Sequence[Path | str],
+    out: Path | str,
+    *,
+    plugins: PluginManager | None = None,
+    overlap: float | None = None,
+    blend: str | None = None,
+    tta: bool | None = None,
+    with_probabilities: bool = False,
+    writer: str | None = None,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+) -> list[Path]:
+    """Predict every input case and write the label maps into ``out``; returns the paths.
+
+    Args:
+        writer: an IO name to write with (e.g. ``nifti``); default the input's own IO.
+    """
+    predictor = load_model(model_dir, plugins)
+    plugins = predictor.plugins
+    out = Path(out)
+    cases = find_inputs(inputs, plugins)
+    sources = {c.source.resolve() for c in cases}
+    if out.resolve() in sources or any(out.resolve() == s.parent for s in sources):
+        raise InputError(f"{out}: the output folder is an input folder; choose another")
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for index, item in enumerate(cases, 1):
+        case = item.read()
+        label, probs = predictor.predict_case(
+            case, overlap=overlap, blend=blend, tta=tta, with_probabilities=with_probabilities
+        )
+        io = plugins.registry.get_io(writer)() if writer else item.io
+        target = out / f"{item.id}{io.write_suffix}"
+        path = io.write(label, target, reference=case.image)
+        if probs is not None:
+            io.write(probs, out / f"{item.id}_probabilities{io.write_suffix}", reference=case.image)
+        plugins.prediction_written(case_id=item.id, path=path, prediction=label)
+        written.append(path)
+        log(f"[{index}/{len(cases)}] {item.id} -> {path}")
+    return written
