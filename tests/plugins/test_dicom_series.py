@@ -299,3 +299,24 @@ def test_compressed_files_decode_like_uncompressed_or_simpleitk() -> None:
     assert volume.ndim == 2 and volume.spatial_shape == expected.shape
     np.testing.assert_array_equal(volume.array[..., 0], expected)
     assert "no ImagePositionPatient" in volume.meta["geometry"]
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_12_bit_values_are_masked_like_pydicom_and_fit_int16(tmp_path: Path, signed: bool) -> None:
+    spec = SeriesSpec(shape=(12, 10, 3))
+    raw = np.random.default_rng(0).integers(0, 65535, size=spec.shape).astype(np.uint16)
+    paths = write_series(tmp_path / "ct", spec, raw.astype(np.int16))
+    for k, path in enumerate(paths):  # garbage in the 4 unused high bits, as some scanners do
+        ds = pydicom.dcmread(path)
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 12, 11, int(signed)
+        ds.PixelData = raw[:, :, k].T.astype("<u2").tobytes()
+        ds.save_as(path, enforce_file_format=True)
+
+    volume = DicomIO().read(tmp_path / "ct")
+
+    stored = np.stack([pydicom.dcmread(p).pixel_array.T for p in paths], axis=-1)
+    expected = stored.astype(np.int32) - 1024
+    assert volume.array.dtype == np.int16
+    np.testing.assert_array_equal(volume.array[..., 0], expected)
+    low, high = (-2048 - 1024, 2047 - 1024) if signed else (-1024, 4095 - 1024)
+    assert low <= volume.array.min() and volume.array.max() <= high
