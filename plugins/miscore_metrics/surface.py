@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -111,11 +112,12 @@ def compute_surface_distances(
 # hd95, assd and nsd of one (case, class) need the same two distance transforms, which are
 # the whole cost (benchmarks/bench_metrics.py). The kernel's evaluate passes the same
 # read-only mask objects to every metric, so the last result is kept, keyed on the identity
-# of the two arrays. Only read-only arrays that own their memory are cached: their content
-# cannot change behind our back, and holding them keeps their ids from being reused.
+# of the two arrays through weak references (a freed mask's id may be reused; its weak
+# reference then returns None, and the masks themselves are not kept alive). Only read-only
+# arrays that own their memory are cached: their content cannot change behind our back.
 
 _cache_lock = threading.Lock()
-_cache: tuple[npt.NDArray[Any], npt.NDArray[Any], tuple[float, ...], SurfaceDistances] | None = None
+_cache: tuple[weakref.ref[Any], weakref.ref[Any], tuple[float, ...], SurfaceDistances] | None = None
 
 
 def _frozen(array: npt.NDArray[Any]) -> bool:
@@ -132,17 +134,17 @@ def surface_distances(
     if cacheable:
         with _cache_lock:
             hit = _cache
-        if hit is not None and hit[0] is prediction and hit[1] is truth and hit[2] == key:
+        if hit is not None and hit[0]() is prediction and hit[1]() is truth and hit[2] == key:
             return hit[3]
     result = compute_surface_distances(prediction, truth, spacing)
     if cacheable:
         with _cache_lock:
-            _cache = (prediction, truth, key, result)
+            _cache = (weakref.ref(prediction), weakref.ref(truth), key, result)
     return result
 
 
 def clear_cache() -> None:
-    """Drop the cached distances (and the references to the last masks)."""
+    """Drop the cached distances."""
     global _cache
     with _cache_lock:
         _cache = None

@@ -343,3 +343,25 @@ def test_symmetries_and_bounds(
         assert score(registry, "nsd", pred, truth, spacing, tolerance_mm=hd) == 1.0
         within_hd95 = score(registry, "nsd", pred, truth, spacing, tolerance_mm=hd95)
         assert 0.5 <= within_hd95 <= 1.0
+
+
+def test_cache_does_not_keep_masks_alive(registry: miscore.Registry) -> None:
+    import gc
+    import weakref
+
+    import miscore_metrics
+
+    a, b = random_masks(8)
+    a.flags.writeable = False
+    b.flags.writeable = False
+    first = score(registry, "hd95", a, b, (1.0, 1.0, 1.0))
+    ref = weakref.ref(a)
+    del a
+    gc.collect()
+    assert ref() is None
+    c, d = random_masks(9)
+    c.flags.writeable = False
+    d.flags.writeable = False
+    fresh = miscore_metrics.compute_surface_distances(c, d, (1.0, 1.0, 1.0))
+    expected = float(np.percentile(fresh.pooled, 95))
+    assert score(registry, "hd95", c, d, (1.0, 1.0, 1.0)) == expected != first
