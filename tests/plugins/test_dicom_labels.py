@@ -171,3 +171,49 @@ def test_seg_needs_a_dicom_reference(tmp_path: Path) -> None:
     wrong = miscore.Volume(np.zeros((4, 4, 4, 1), np.uint8))
     with pytest.raises(miscore.InputError, match="not a one-channel label map on the source"):
         DicomIO(output="dicom-seg").write(wrong, tmp_path / "x.dcm", reference=image)
+
+
+def test_fractional_seg_is_thresholded_at_half(tmp_path: Path) -> None:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    spec, folder = build_ct(tmp_path)
+    image = DicomIO().read(folder)
+    probability = np.zeros(spec.shape, np.float32)
+    probability[4:9, 2:6, 2] = 0.8  # kept
+    probability[10:12, 2:6, 3] = 0.3  # below one half: dropped
+    sources = [pydicom.dcmread(p) for p in image.meta["files"]]
+    for ds in sources:
+        for keyword in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "StudyID"):
+            setattr(ds, keyword, "")
+        ds.ReferringPhysicianName, ds.AccessionNumber = "", ""
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=probability.transpose(2, 1, 0),
+        segmentation_type="FRACTIONAL",
+        segment_descriptions=[
+            hd.seg.SegmentDescription(
+                segment_number=1,
+                segment_label="lesion",
+                segmented_property_category=codes.SCT.Tissue,
+                segmented_property_type=codes.SCT.Tissue,
+                algorithm_type="MANUAL",
+            )
+        ],
+        series_instance_uid=generate_uid(),
+        series_number=2,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="test",
+        manufacturer_model_name="test",
+        software_versions="1",
+        device_serial_number="1",
+    )
+    seg.save_as(tmp_path / "fractional.dcm")
+
+    label = DicomIO(segment_classes={"lesion": 4}).read_label(tmp_path / "fractional.dcm", image)
+
+    expected = np.zeros(spec.shape, np.uint8)
+    expected[4:9, 2:6, 2] = 4
+    np.testing.assert_array_equal(label.array[..., 0], expected)
