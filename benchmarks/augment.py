@@ -50,7 +50,7 @@ def sample(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 # --- contenders: each returns a function that augments one sample -----------------------
 
 
-def miscore_pipeline(seed: int) -> Any:
+def miscore_pipeline(seed: int, elastic: bool = True) -> Any:
     import miscore
     from miscore.augmenting import augment_sample
 
@@ -65,6 +65,8 @@ def miscore_pipeline(seed: int) -> Any:
         {"name": "gamma", "p": 1.0, "min": 0.7, "max": 1.5},
         {"name": "gaussian_noise", "p": 1.0, "min_std": 0.0, "max_std": 0.1},
     ]
+    if not elastic:
+        entries = [e for e in entries if e["name"] != "elastic"]
     augmentations = [registry.create("augmentation", e) for e in entries]
     image, label = sample()
     image, label = image[..., None], label[..., None]
@@ -76,12 +78,13 @@ def miscore_pipeline(seed: int) -> Any:
     return run
 
 
-def monai_pipeline(seed: int) -> Any:
+def monai_pipeline(seed: int, elastic: bool = True) -> Any:
     import torch
     from monai.transforms import (
         Compose,
         Rand3DElasticd,
         RandAdjustContrastd,
+        RandAffined,
         RandFlipd,
         RandGaussianNoised,
         RandScaleIntensityd,
@@ -89,19 +92,19 @@ def monai_pipeline(seed: int) -> Any:
 
     angle = np.deg2rad(MAX_ANGLE_DEG)
     keys = ["image", "label"]
+    spatial = dict(
+        prob=1.0,
+        rotate_range=(angle, angle, angle),
+        scale_range=(SCALE[1] - 1,) * 3,
+        spatial_size=SHAPE,
+        mode=("bilinear", "nearest"),
+        padding_mode="border",
+    )
     pipeline = Compose(
         [
-            Rand3DElasticd(
-                keys,
-                sigma_range=(5, 7),
-                magnitude_range=(50, 150),
-                prob=1.0,
-                rotate_range=(angle, angle, angle),
-                scale_range=(SCALE[1] - 1,) * 3,
-                spatial_size=SHAPE,
-                mode=("bilinear", "nearest"),
-                padding_mode="border",
-            ),
+            Rand3DElasticd(keys, sigma_range=(5, 7), magnitude_range=(50, 150), **spatial)
+            if elastic
+            else RandAffined(keys, **spatial),
             *[RandFlipd(keys, prob=0.5, spatial_axis=axis) for axis in range(3)],
             RandScaleIntensityd("image", factors=0.25, prob=1.0),
             RandAdjustContrastd("image", gamma=(0.7, 1.5), prob=1.0),
@@ -118,7 +121,7 @@ def monai_pipeline(seed: int) -> Any:
     return run
 
 
-def batchgenerators_pipeline(seed: int) -> Any:
+def batchgenerators_pipeline(seed: int, elastic: bool = True) -> Any:
     from batchgenerators.transforms.abstract_transforms import Compose
     from batchgenerators.transforms.color_transforms import (
         BrightnessMultiplicativeTransform,
@@ -135,7 +138,7 @@ def batchgenerators_pipeline(seed: int) -> Any:
             SpatialTransform(
                 SHAPE,
                 patch_center_dist_from_border=None,
-                do_elastic_deform=True,
+                do_elastic_deform=elastic,
                 alpha=(0.0, 900.0),
                 sigma=(9.0, 13.0),
                 do_rotation=True,
@@ -175,19 +178,30 @@ PIPELINES = {
 }
 
 
+SCENARIOS = {
+    "elastic": "rotate+scale+elastic+flip+brightness+contrast+gamma+noise",
+    "affine": "rotate+scale+flip+brightness+contrast+gamma+noise (no elastic)",
+}
+
+
 def worker(name: str, seed: int) -> None:
-    """Serve ``run N`` requests on stdin: augment N samples, answer the times as JSON."""
-    run = PIPELINES[name](seed)
-    run()  # warm-up: imports, caches, workspaces
+    """Serve ``SCENARIO N`` requests on stdin: augment N samples, answer times as JSON.
+
+    Each answer holds wall-clock and CPU seconds (all threads of the process) per sample.
+    """
+    runs = {s: PIPELINES[name](seed, elastic=s == "elastic") for s in SCENARIOS}
+    for run in runs.values():
+        run()  # warm-up: imports, caches, workspaces
     print(json.dumps({"ready": name, "versions": _versions(name)}), flush=True)
     for line in sys.stdin:
-        count = int(line.split()[1])
-        times = []
-        for _ in range(count):
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        print(json.dumps(times), flush=True)
+        scenario, count = line.split()
+        wall, cpu = [], []
+        for _ in range(int(count)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            runs[scenario]()
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        print(json.dumps({"wall": wall, "cpu": cpu}), flush=True)
 
 
 def _versions(name: str) -> dict[str, str]:
@@ -229,11 +243,11 @@ class Worker:
             raise RuntimeError(f"worker {self.name} exited (code {self.process.wait()})")
         return json.loads(line)
 
-    def run(self, count: int) -> list[float]:
+    def run(self, scenario: str, count: int) -> dict[str, list[float]]:
         assert self.process.stdin is not None
-        self.process.stdin.write(f"run {count}\n")
+        self.process.stdin.write(f"{scenario} {count}\n")
         self.process.stdin.flush()
-        times: list[float] = self._read()
+        times: dict[str, list[float]] = self._read()
         return times
 
     def close(self) -> None:
@@ -261,35 +275,55 @@ def main() -> int:
     workers = [Worker("miscore", sys.executable, args.seed)]
     if args.peers:
         workers += [Worker(n, args.peers_python, args.seed) for n in ("monai", "batchgenerators")]
-    times: dict[str, list[float]] = {w.name: [] for w in workers}
+    wall: dict[str, dict[str, list[float]]] = {s: {w.name: [] for w in workers} for s in SCENARIOS}
+    cpu: dict[str, dict[str, list[float]]] = {s: {w.name: [] for w in workers} for s in SCENARIOS}
     try:
         for _ in range(args.rounds):
-            for w in workers:
-                times[w.name] += w.run(args.per_round)
+            for scenario in SCENARIOS:
+                for w in workers:
+                    times = w.run(scenario, args.per_round)
+                    wall[scenario][w.name] += times["wall"]
+                    cpu[scenario][w.name] += times["cpu"]
     finally:
         for w in workers:
             w.close()
 
-    median = {name: float(np.median(t)) for name, t in times.items()}
+    def ms(values: list[float]) -> float:
+        return round(float(np.median(values)) * 1000, 2)
+
     result: dict[str, Any] = {
         "benchmark": "augment",
         "shape": [1, *SHAPE],
-        "pipeline": "rotate+scale+elastic+flip+brightness+contrast+gamma+noise, p=1",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
         "samples_per_contender": args.rounds * args.per_round,
-        "median_ms": {k: round(v * 1000, 2) for k, v in median.items()},
-        "min_ms": {k: round(min(t) * 1000, 2) for k, t in times.items()},
         "versions": {w.name: w.versions for w in workers},
+        "scenarios": {},
     }
-    if args.peers:
-        result["speedup_vs"] = {
-            peer: round(median[peer] / median["miscore"], 2) for peer in median if peer != "miscore"
+    for scenario, description in SCENARIOS.items():
+        median = {name: ms(t) for name, t in wall[scenario].items()}
+        entry: dict[str, Any] = {
+            "pipeline": description + ", every p = 1",
+            "median_wall_ms": median,
+            "median_cpu_ms": {name: ms(t) for name, t in cpu[scenario].items()},
         }
+        if args.peers:
+            entry["speedup_vs"] = {
+                peer: round(value / median["miscore"], 2)
+                for peer, value in median.items()
+                if peer != "miscore"
+            }
+        result["scenarios"][scenario] = entry
+        print(f"{description}:")
+        for name, value in median.items():
+            cpu_ms = entry["median_cpu_ms"][name]
+            ratio = f"  {value / median['miscore']:5.1f}x miscore" if name != "miscore" else ""
+            print(f"  {name:16s} {value:8.1f} ms/sample wall, {cpu_ms:8.1f} ms CPU{ratio}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    for name, value in median.items():
-        ratio = f"  ({value / median['miscore']:.1f}x miscore)" if name != "miscore" else ""
-        print(f"{name:16s} {value * 1000:8.1f} ms/sample (median){ratio}")
     print(f"wrote {args.out}")
     return 0
 

@@ -165,16 +165,26 @@ def _bspline_weights(n: int, control: int) -> npt.NDArray[np.float32]:
     return weights
 
 
-def _upsample_field(
+def _add_upsampled_field(
     control: npt.NDArray[np.float32], shape: tuple[int, ...], out: npt.NDArray[np.float32]
 ) -> None:
-    """Evaluate one displacement component on the full grid (separable matrix products)."""
+    """Add one displacement component, evaluated on the full grid, to ``out``.
+
+    Separable: the control grid is upsampled along the later axes while it is small, then
+    the first axis adds one full-size pass per control plane. No BLAS call, on purpose: its
+    threads spin after each call and slow down the single-threaded gathers that follow.
+    """
     current: npt.NDArray[np.float32] = control
     for axis in range(len(shape) - 1, 0, -1):
         weights = _bspline_weights(shape[axis], control.shape[axis])
-        current = np.moveaxis(np.moveaxis(current, axis, -1) @ weights.T, -1, axis)
+        current = np.moveaxis(
+            np.einsum("kj,...j->...k", weights, np.moveaxis(current, axis, -1)), -1, axis
+        )
     first = _bspline_weights(shape[0], control.shape[0])
-    np.matmul(first, current.reshape(current.shape[0], -1), out=out.reshape(shape[0], -1))
+    planes = current.reshape(current.shape[0], 1, -1)
+    rows = out.reshape(shape[0], -1)
+    for k in range(planes.shape[0]):
+        rows += first[:, k : k + 1] * planes[k]
 
 
 class _Workspace(threading.local):
@@ -255,7 +265,6 @@ def _coordinates(
     in_shape: tuple[int, ...],
     out_shape: tuple[int, ...],
     coords: npt.NDArray[np.float32],
-    scratch: npt.NDArray[np.float32],
 ) -> None:
     """Fill ``coords`` ``(ndim, *out_shape)`` with input voxel coordinates (float32)."""
     n = composed.ndim
@@ -277,8 +286,7 @@ def _coordinates(
             out=coords[a],
         )
         for control in composed.fields:
-            _upsample_field(control[a], out_shape, scratch)
-            coords[a] += scratch
+            _add_upsampled_field(control[a], out_shape, coords[a])
 
 
 def apply_spatial_transforms(
@@ -351,7 +359,7 @@ def _interpolate(
     )
     coords: npt.NDArray[np.float32] = ws["coords"]
     scratch: npt.NDArray[np.float32] = ws["scratch"]
-    _coordinates(composed, in_shape, out_shape, coords, scratch)
+    _coordinates(composed, in_shape, out_shape, coords)
     flat_coords = coords.reshape(n, count)
     fbuf = scratch.reshape(count)
     strides = [int(np.prod(in_shape[a + 1 :])) for a in range(n)]
@@ -402,7 +410,8 @@ def _interpolate(
     def corner(level: int, offset: int, out: FloatArray) -> FloatArray:
         # depth-first evaluation of the 2**n corners; level k's lower half lives in tmps[k]
         if level == n:
-            np.take(table[offset:], index, axis=0, out=out, mode="clip")
+            # every index is in range: "wrap" only skips the slower checks of "raise"/"clip"
+            np.take(table[offset:], index, axis=0, out=out, mode="wrap")
             return out
         low = corner(level + 1, offset, tmps[level])
         high = corner(level + 1, offset + strides[level], out)
