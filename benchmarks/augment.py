@@ -171,6 +171,57 @@ def batchgenerators_pipeline(seed: int, elastic: bool = True) -> Any:
     return run
 
 
+def interpolation_comparison(repeats: int) -> dict[str, float]:
+    """CPU ms to resample image (linear) + label (nearest) with one rotation+scale map.
+
+    Ours against the scipy calls the peers build on; scipy's coordinates are precomputed
+    (not timed), ours are computed inside the call.
+    """
+    from scipy import ndimage
+
+    from miscore.augmenting import SpatialTransform, apply_spatial_transforms, compose
+
+    image, label = sample()
+    angle = np.deg2rad(10.0)
+    cos, sin = np.cos(angle), np.sin(angle)
+    linear = np.array([[1.0, 0, 0], [0, cos, -sin], [0, sin, cos]]) @ np.diag([1.1, 0.9, 1.0])
+    affine = [SpatialTransform.linear(linear, [1.5, -2.0, 0.5])]
+    field = np.random.default_rng(0).normal(0, 3, (3, 4, 6, 6)).astype(np.float32)
+    elastic = [*affine, SpatialTransform(np.eye(4), field)]
+    matrix = compose(affine).matrix
+    centre = (np.asarray(SHAPE) - 1) / 2
+    offset = centre + matrix[:3, 3] - matrix[:3, :3] @ centre
+    grid = np.indices(SHAPE, dtype=np.float32).reshape(3, -1) - centre[:, None]
+    coords = (matrix[:3, :3] @ grid + (centre + matrix[:3, 3])[:, None]).astype(np.float32)
+    coords = coords.reshape(3, *SHAPE)
+    mc = dict(mode="nearest", prefilter=False)
+    cases = {
+        "miscore_affine": lambda: apply_spatial_transforms(
+            affine, image[..., None], label[..., None]
+        ),
+        "miscore_affine_elastic": lambda: apply_spatial_transforms(
+            elastic, image[..., None], label[..., None]
+        ),
+        "scipy_affine_transform": lambda: (
+            ndimage.affine_transform(
+                image, matrix[:3, :3], offset, order=1, output=np.float32, **mc
+            ),
+            ndimage.affine_transform(label, matrix[:3, :3], offset, order=0, **mc),
+        ),
+        "scipy_map_coordinates": lambda: (
+            ndimage.map_coordinates(image, coords, order=1, output=np.float32, **mc),
+            ndimage.map_coordinates(label, coords, order=0, **mc),
+        ),
+    }
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, run in cases.items():
+            start = time.process_time()
+            run()
+            times[name].append(time.process_time() - start)
+    return {name: round(float(np.median(t)) * 1000, 2) for name, t in times.items()}
+
+
 PIPELINES = {
     "miscore": miscore_pipeline,
     "monai": monai_pipeline,
@@ -272,6 +323,7 @@ def main() -> int:
         worker(args.worker, args.seed)
         return 0
 
+    interpolation = interpolation_comparison(args.rounds * args.per_round)
     workers = [Worker("miscore", sys.executable, args.seed)]
     if args.peers:
         workers += [Worker(n, args.peers_python, args.seed) for n in ("monai", "batchgenerators")]
@@ -302,6 +354,7 @@ def main() -> int:
         "samples_per_contender": args.rounds * args.per_round,
         "versions": {w.name: w.versions for w in workers},
         "scenarios": {},
+        "interpolation_cpu_ms": interpolation,
     }
     for scenario, description in SCENARIOS.items():
         median = {name: ms(t) for name, t in wall[scenario].items()}
@@ -322,6 +375,9 @@ def main() -> int:
             cpu_ms = entry["median_cpu_ms"][name]
             ratio = f"  {value / median['miscore']:5.1f}x miscore" if name != "miscore" else ""
             print(f"  {name:16s} {value:8.1f} ms/sample wall, {cpu_ms:8.1f} ms CPU{ratio}")
+    print("resampling image (linear) + label (nearest), CPU ms:")
+    for name, value in interpolation.items():
+        print(f"  {name:24s} {value:8.1f}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -347,37 +347,44 @@ def _interpolate(
     n = len(in_shape)
     channels = int(src.shape[-1])
     count = int(np.prod(out_shape))
+    # flat indices are summed in float32 (exact below 2**24 voxels), then cast once
+    exact = np.float32 if int(np.prod(in_shape)) < 2**24 else np.float64
     ws = _WORKSPACE.get(
         (in_shape, out_shape, channels),
         {
             "coords": ((n, *out_shape), np.float32),
-            "scratch": (out_shape, np.float32),
+            "scratch": ((count,), exact),
+            "sum": ((count,), exact),
             "index": ((count,), np.intp),
-            "itmp": ((count,), np.intp),
             **{f"tmp{k}": ((count, channels), np.float32) for k in range(n)},
         },
     )
     coords: npt.NDArray[np.float32] = ws["coords"]
-    scratch: npt.NDArray[np.float32] = ws["scratch"]
     _coordinates(composed, in_shape, out_shape, coords)
     flat_coords = coords.reshape(n, count)
-    fbuf = scratch.reshape(count)
     strides = [int(np.prod(in_shape[a + 1 :])) for a in range(n)]
     index: npt.NDArray[np.intp] = ws["index"]
-    itmp: npt.NDArray[np.intp] = ws["itmp"]
+    scratch: npt.NDArray[np.floating[Any]] = ws["scratch"]
+    total: npt.NDArray[np.floating[Any]] = ws["sum"]
+
+    def flat_index(per_axis: Callable[[int, npt.NDArray[np.floating[Any]]], None]) -> None:
+        # index = sum over axes of (voxel index along the axis) * stride
+        for a in range(n):
+            per_axis(a, scratch)
+            if strides[a] != 1:
+                np.multiply(scratch, strides[a], out=scratch)
+            if a == 0:
+                np.copyto(total, scratch)
+            else:
+                np.add(total, scratch, out=total)
+        np.copyto(index, total, casting="unsafe")
+
     for a in range(n):  # edge duplication: clamp to the region
         np.clip(flat_coords[a], 0, in_shape[a] - 1, out=flat_coords[a])
 
     out_label = None
     if lab is not None:
-        for a in range(n):
-            np.rint(flat_coords[a], out=fbuf)
-            target = index if a == 0 else itmp
-            np.copyto(target, fbuf, casting="unsafe")
-            if strides[a] != 1:
-                target *= strides[a]
-            if a:
-                index += itmp
+        flat_index(lambda a, out: np.rint(flat_coords[a], out=out))
         out_label = np.take(lab.reshape(-1), index).reshape((*out_shape, 1))
 
     out_image = np.empty((*out_shape, channels), np.float32)
@@ -390,18 +397,13 @@ def _interpolate(
             )
         return out_image, out_label
 
-    weights = []
-    for a in range(n):
-        np.floor(flat_coords[a], out=fbuf)
-        np.minimum(fbuf, in_shape[a] - 2, out=fbuf)
-        np.subtract(flat_coords[a], fbuf, out=flat_coords[a])  # now the weight of the upper voxel
-        target = index if a == 0 else itmp
-        np.copyto(target, fbuf, casting="unsafe")
-        if strides[a] != 1:
-            target *= strides[a]
-        if a:
-            index += itmp
-        weights.append(flat_coords[a] if channels == 1 else flat_coords[a][:, None])
+    def lower_corner(a: int, out: npt.NDArray[np.floating[Any]]) -> None:
+        np.floor(flat_coords[a], out=out)
+        np.minimum(out, in_shape[a] - 2, out=out)
+        np.subtract(flat_coords[a], out, out=flat_coords[a])  # now the upper voxel's weight
+
+    flat_index(lower_corner)
+    weights = [flat_coords[a] if channels == 1 else flat_coords[a][:, None] for a in range(n)]
 
     table = src.reshape(-1) if channels == 1 else src.reshape(-1, channels)
     tmps = [ws[f"tmp{k}"] if channels > 1 else ws[f"tmp{k}"].reshape(count) for k in range(n)]
