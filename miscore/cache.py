@@ -977,7 +977,9 @@ def open_cache(
         config.cache,
         chunks=chunks,
         foreground_samples=foreground_samples,
-        seed=config.training.seed,
+        # Not training.seed: a new training seed must not throw the cache away. The subset is
+        # a uniform sample; the loader draws from it with its own seeded generator.
+        seed=0,
     )
     if not config.cache.enabled:
         return MemoryCache(settings)

@@ -351,6 +351,9 @@ def test_open_cache_follows_the_config(tmp_path: Path) -> None:
     cache = open_cache(config)
     assert isinstance(cache, CaseCache) and cache.root == tmp_path / "c"
     assert cache.settings.chunks == (64, 32, 16) and cache.settings.float16
+    # A new training seed keeps the cache (the settings, hence the keys, are unchanged).
+    config.training.seed = 123
+    assert open_cache(config).settings == cache.settings
     config.cache.enabled = False
     assert isinstance(open_cache(config), MemoryCache)
 
