@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from dataclasses import dataclass
@@ -38,3 +39,28 @@ def state(ctx: typer.Context) -> CliState:
 def print_json(data: Any) -> None:
     """Machine-readable output on stdout."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def import_tensorflow_quietly(debug: bool = False) -> None:
+    """Import TensorFlow with its C++ start-up log lines (oneDNN, CUDA probing) hidden.
+
+    They are written to file descriptor 2 before Python can filter them, so the descriptor
+    is pointed at /dev/null for the import. With ``--debug`` nothing is hidden; if the import
+    fails, it is retried visibly so the real error shows.
+    """
+    import os
+
+    if debug or "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            with contextlib.suppress(Exception):
+                import tensorflow
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    import tensorflow  # noqa: F401  (visible retry when the quiet import failed)

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 import typer
 
-from miscore.cli.state import state
+from miscore.cli.state import import_tensorflow_quietly, state
 
 
 def train(
@@ -37,6 +37,7 @@ def train(
 
     cli = state(ctx)
     settings = load_config(config)
+    import_tensorflow_quietly(cli.debug)
     if workers is not None:
         settings.training.workers = workers
     dataset = data or (Path(settings.data.path) if settings.data.path else None)
@@ -87,6 +88,7 @@ def predict(
     from miscore.inference import predict as run_prediction
 
     cli = state(ctx)
+    import_tensorflow_quietly(cli.debug)
     written = run_prediction(
         model_dir,
         inputs,
