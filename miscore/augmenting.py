@@ -208,6 +208,19 @@ class _Workspace(threading.local):
 _WORKSPACE = _Workspace()
 
 
+def _region_centre(
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+) -> npt.NDArray[np.float64]:
+    """Where the output's centre sits in the region: the centre of the centre crop.
+
+    The region's own centre when the sizes differ by an even number; half a voxel lower when
+    odd, so that an identity map reads whole voxels (the crop ``_crop`` cuts) instead of
+    averaging neighbours.
+    """
+    region, out = np.asarray(in_shape), np.asarray(out_shape)
+    return np.asarray((region - out) // 2 + (out - 1) / 2, dtype=np.float64)
+
+
 def _signed_permutation(
     composed: ComposedTransform,
     in_shape: tuple[int, ...],
@@ -223,7 +236,7 @@ def _signed_permutation(
         return None
     if not (np.all(np.abs(rounded).sum(axis=0) == 1) and np.all(np.abs(rounded).sum(axis=1) == 1)):
         return None
-    c_in = (np.asarray(in_shape) - 1) / 2
+    c_in = _region_centre(in_shape, out_shape)
     c_out = (np.asarray(out_shape) - 1) / 2
     result = []
     for j in range(n):
@@ -268,7 +281,7 @@ def _coordinates(
 ) -> None:
     """Fill ``coords`` ``(ndim, *out_shape)`` with input voxel coordinates (float32)."""
     n = composed.ndim
-    c_in = (np.asarray(in_shape, np.float64) - 1) / 2
+    c_in = _region_centre(in_shape, out_shape)
     grids = [
         (np.arange(size, dtype=np.float64) - (size - 1) / 2).reshape(
             [size if k == j else 1 for k in range(n)]

@@ -45,7 +45,9 @@ def scipy_reference(
     grid = np.indices(out_shape, dtype=np.float64).reshape(n, -1)
     centred = grid - ((np.asarray(out_shape) - 1) / 2)[:, None]
     coords = composed.matrix[:n, :n] @ centred + composed.matrix[:n, n : n + 1]
-    coords += ((np.asarray(in_shape) - 1) / 2)[:, None]
+    # the output's centre sits at the centre of the centre crop of the input
+    centre = (np.asarray(in_shape) - np.asarray(out_shape)) // 2 + (np.asarray(out_shape) - 1) / 2
+    coords += centre[:, None]
     for field in composed.fields:
         # cubic B-spline evaluation of the control grid, written out independently
         up = field.astype(np.float64)
@@ -187,7 +189,7 @@ def test_flips_and_quarter_turns_are_views_and_exact() -> None:
     assert interpolated_label is not None
     np.testing.assert_array_equal(out_label, interpolated_label)
     # and back: the inverse map gives the input exactly
-    inverse = SpatialTransform(np.linalg.inv(compose(transforms).matrix))
+    inverse = SpatialTransform(np.linalg.inv(compose(transforms).matrix).astype(np.float64))
     back, back_label = apply_spatial_transforms([inverse], out, out_label)
     np.testing.assert_array_equal(back, image)
     np.testing.assert_array_equal(back_label, label)
@@ -203,6 +205,22 @@ def test_the_patch_is_cut_from_the_region_not_padded() -> None:
     crop = np.ascontiguousarray(region[10:30, 10:30])
     padded, _ = apply_spatial_transforms([transform], crop)
     assert np.abs(padded - patch)[:3, :3].mean() > 0.1
+
+
+def test_an_odd_margin_still_reads_whole_voxels() -> None:
+    region = random_image((21, 16, 1))
+    flip = SpatialTransform.linear(np.diag([-1.0, 1.0]))
+    out, _ = apply_spatial_transforms([flip], region, out_shape=(10, 10))
+    assert np.shares_memory(out, region)
+    np.testing.assert_array_equal(out, region[5:15, 3:13][::-1])
+    rotated, _ = apply_spatial_transforms(
+        [SpatialTransform.linear(rotation(2, 0.3))], region, out_shape=(10, 10)
+    )
+    np.testing.assert_allclose(
+        rotated,
+        scipy_reference([SpatialTransform.linear(rotation(2, 0.3))], region, (10, 10)),
+        atol=1e-5,
+    )
 
 
 def test_integer_shifts_inside_the_region_are_views() -> None:
@@ -223,9 +241,10 @@ def test_labels_keep_their_classes_and_follow_the_image() -> None:
     label[20:26, 5:12, 20:28] = 3
     # one image channel per class: both channels must move with the label
     image = np.concatenate([label == 7, label == 3], axis=-1).astype(np.float32) * 100
+    rng = np.random.default_rng(0)
     transforms = [
         SpatialTransform.linear(rotation(3, 0.4, (0, 2)) @ np.diag([0.9, 1.1, 1.0]), [2, -3, 1]),
-        SpatialTransform(np.eye(4), np.random.default_rng(0).normal(0, 1.5, (3, 3, 3, 3))),
+        SpatialTransform(np.eye(4), rng.normal(0, 1.5, (3, 3, 3, 3)).astype(np.float32)),
     ]
     out, out_label = apply_spatial_transforms(transforms, image, label)
     assert out_label is not None and out_label.dtype == np.int16
