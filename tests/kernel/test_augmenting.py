@@ -11,11 +11,14 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import ndimage
 
 import miscore
 from miscore.augmenting import (
     SpatialTransform,
+    TTATransform,
     apply_spatial_transforms,
     augment_sample,
     compose,
@@ -344,3 +347,29 @@ def test_tta_predict_averages_in_the_input_frame() -> None:
 def test_tta_rejects_axes_outside_the_sample() -> None:
     with pytest.raises(miscore.InputError, match="axis 2"):
         tta_transforms(2, axes=[2])
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    ndim=st.sampled_from([2, 3]),
+    size=st.integers(1, 7),
+    flips=st.sets(st.integers(0, 2)),
+    k=st.integers(0, 3),
+    plane=st.sampled_from([(0, 1), (0, 2), (1, 2), (1, 0)]),
+    seed=st.integers(0, 1000),
+)
+def test_any_flip_and_quarter_turn_is_an_exact_view(
+    ndim: int, size: int, flips: set[int], k: int, plane: tuple[int, int], seed: int
+) -> None:
+    plane = plane if max(plane) < ndim else (0, 1)
+    transform = TTATransform(tuple(a for a in sorted(flips) if a < ndim), k, plane)
+    image = random_image((size,) * ndim + (2,), seed)
+    label = (image[..., :1] > 0).astype(np.uint8)
+    moved = transform.forward(image)
+    np.testing.assert_array_equal(transform.inverse(moved), image)
+    # the same signed permutation as a coordinate map: a view with the same values
+    spatial = SpatialTransform.linear(transform.matrix(ndim).astype(np.float64))
+    out, out_label = apply_spatial_transforms([spatial], image, label)
+    assert np.shares_memory(out, image)
+    np.testing.assert_array_equal(out, moved)
+    np.testing.assert_array_equal(out_label, transform.forward(label))
