@@ -38,6 +38,7 @@ __all__ = [
     "augment_sample",
     "compose",
     "default_augmentation",
+    "expand_default",
     "tta_predict",
     "tta_transforms",
 ]
@@ -556,6 +557,34 @@ DEFAULT_AUGMENTATION: tuple[dict[str, Any], ...] = (
 def default_augmentation() -> list[dict[str, Any]]:
     """A fresh copy of ``DEFAULT_AUGMENTATION``: config entries ``{name, p, ...}``."""
     return [dict(entry) for entry in DEFAULT_AUGMENTATION]
+
+
+def expand_default(entries: str | Sequence[Any]) -> list[Any]:
+    """Replace ``default`` (the whole value, or an entry of the list) by the default set.
+
+    ``"default"`` and ``["default"]`` give the default set; ``["default", {name: shift}]``
+    gives the default set followed by ``shift``. Other entries are returned unchanged.
+    """
+    if isinstance(entries, str):
+        entries = [entries]
+    out: list[Any] = []
+    for entry in entries:
+        name = entry if isinstance(entry, str) else getattr(entry, "name", None)
+        if name is None and isinstance(entry, dict):
+            name = entry.get("name")
+        if name == "default":
+            extra = getattr(entry, "params", None) or (
+                {k: v for k, v in entry.items() if k != "name"} if isinstance(entry, dict) else {}
+            )
+            if extra:
+                raise InputError(
+                    f"augmentation entry 'default' takes no parameters; got {sorted(extra)}: "
+                    "list the entries of the default set instead to change them"
+                )
+            out.extend(default_augmentation())
+        else:
+            out.append(entry)
+    return out
 
 
 # --- test-time augmentation ---------------------------------------------------------------
