@@ -57,10 +57,16 @@ class SegmentationLossComponent(miscore.Loss):
         return cls(n_classes=n_classes, **self.params.model_dump())
 
     def custom_objects(self) -> dict[str, Any]:
-        """Importing the Keras losses registers them; a saved model then loads them."""
-        from miscore_losses import keras_losses  # noqa: F401
+        """The Keras loss class by its registered name, for ``keras.models.load_model``.
 
-        return {}
+        Importing ``keras_losses`` registers the class globally as well.
+        """
+        import keras
+
+        from miscore_losses import keras_losses
+
+        cls = getattr(keras_losses, self.keras_class)
+        return {keras.saving.get_registered_name(cls): cls}
 
     def check(self, n_classes: int) -> None:
         if n_classes < 1:

@@ -286,21 +286,24 @@ def test_compiled_model_trains_saves_and_reloads(
     assert loaded.evaluate(x, y, verbose=0) == pytest.approx(model.evaluate(x, y, verbose=0))
 
 
-def test_fresh_process_loads_a_compiled_model_after_building_the_loss(
+def test_fresh_process_loads_a_compiled_model_with_custom_objects(
     installed_plugins: miscore.PluginManager, tmp_path: Path
 ) -> None:
-    """Loading with compile=True needs the loss class registered: building the loss does it."""
+    """Loading with compile=True needs the loss class: the component's custom_objects()."""
+    component = installed_plugins.registry.get_loss("dice_ce")(ce_weight=0.5)
+    assert list(component.custom_objects()) == ["miscore>DiceCEKerasLoss"]
     model = tiny_model(2)
-    model.compile(loss=build(installed_plugins, "dice_ce", 2))
+    model.compile(loss=component.build(2))
     path = tmp_path / "model.keras"
     model.save(path)
     code = (
         "import sys, keras, miscore\n"
-        "registry = miscore.PluginManager().registry\n"
-        "registry.get_loss('dice_ce')().build(2)\n"
-        "model = keras.models.load_model(sys.argv[1], safe_mode=True)\n"
-        "print(type(model.loss).__name__, model.loss.get_config()['n_classes'])\n"
+        "loss = miscore.PluginManager().registry.get_loss('dice_ce')()\n"
+        "model = keras.models.load_model(\n"
+        "    sys.argv[1], safe_mode=True, custom_objects=loss.custom_objects()\n"
+        ")\n"
+        "print(type(model.loss).__name__, model.loss.get_config()['ce_weight'])\n"
     )
     result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "DiceCEKerasLoss 2"
+    assert result.stdout.strip().splitlines()[-1] == "DiceCEKerasLoss 0.5"
