@@ -167,13 +167,16 @@ def _bspline_weights(n: int, control: int) -> npt.NDArray[np.float32]:
 
 
 def _add_upsampled_field(
-    control: npt.NDArray[np.float32], shape: tuple[int, ...], out: npt.NDArray[np.float32]
+    control: npt.NDArray[np.float32],
+    shape: tuple[int, ...],
+    rows: tuple[int, int],
+    out: npt.NDArray[np.float32],
 ) -> None:
-    """Add one displacement component, evaluated on the full grid, to ``out``.
+    """Add one displacement component, evaluated on rows ``rows`` of the full grid, to ``out``.
 
     Separable: the control grid is upsampled along the later axes while it is small, then
-    the first axis adds one full-size pass per control plane. No BLAS call, on purpose: its
-    threads spin after each call and slow down the single-threaded gathers that follow.
+    the first axis adds one pass per control plane. No BLAS call, on purpose: its threads
+    spin after each call and slow down the single-threaded gathers that follow.
     """
     current: npt.NDArray[np.float32] = control
     for axis in range(len(shape) - 1, 0, -1):
@@ -181,11 +184,11 @@ def _add_upsampled_field(
         current = np.moveaxis(
             np.einsum("kj,...j->...k", weights, np.moveaxis(current, axis, -1)), -1, axis
         )
-    first = _bspline_weights(shape[0], control.shape[0])
+    first = _bspline_weights(shape[0], control.shape[0])[rows[0] : rows[1]]
     planes = current.reshape(current.shape[0], 1, -1)
-    rows = out.reshape(shape[0], -1)
+    flat = out.reshape(rows[1] - rows[0], -1)
     for k in range(planes.shape[0]):
-        rows += first[:, k : k + 1] * planes[k]
+        flat += first[:, k : k + 1] * planes[k]
 
 
 class _Workspace(threading.local):
@@ -278,14 +281,19 @@ def _coordinates(
     composed: ComposedTransform,
     in_shape: tuple[int, ...],
     out_shape: tuple[int, ...],
+    rows: tuple[int, int],
     coords: npt.NDArray[np.float32],
 ) -> None:
-    """Fill ``coords`` ``(ndim, *out_shape)`` with input voxel coordinates (float32)."""
+    """Fill ``coords`` ``(ndim, rows, *out_shape[1:])`` with input voxel coordinates.
+
+    ``rows`` is the ``[start, stop)`` range of output indices along axis 0 (a slab).
+    """
     n = composed.ndim
     c_in = _region_centre(in_shape, out_shape)
+    ranges = [rows, *[(0, size) for size in out_shape[1:]]]
     grids = [
-        (np.arange(size, dtype=np.float64) - (size - 1) / 2).reshape(
-            [size if k == j else 1 for k in range(n)]
+        (np.arange(*ranges[j], dtype=np.float64) - (size - 1) / 2).reshape(
+            [ranges[j][1] - ranges[j][0] if k == j else 1 for k in range(n)]
         )
         for j, size in enumerate(out_shape)
     ]
@@ -300,7 +308,7 @@ def _coordinates(
             out=coords[a],
         )
         for control in composed.fields:
-            _add_upsampled_field(control[a], out_shape, coords[a])
+            _add_upsampled_field(control[a], out_shape, rows, coords[a])
 
 
 def apply_spatial_transforms(
@@ -360,23 +368,72 @@ def _interpolate(
     in_shape = tuple(int(s) for s in src.shape[:-1])
     n = len(in_shape)
     channels = int(src.shape[-1])
-    count = int(np.prod(out_shape))
+    # the output is made in slabs along axis 0: bounded scratch memory that stays in cache
+    inner = int(np.prod(out_shape[1:]))
+    slab = max(1, min(out_shape[0], _SLAB_VOXELS // (inner * channels)))
+    count = slab * inner
     # flat indices are summed in float32 (exact below 2**24 voxels), then cast once
     exact = np.float32 if int(np.prod(in_shape)) < 2**24 else np.float64
     ws = _WORKSPACE.get(
         (in_shape, out_shape, channels),
         {
-            "coords": ((n, *out_shape), np.float32),
+            "coords": ((n, count), np.float32),
             "scratch": ((count,), exact),
             "sum": ((count,), exact),
             "index": ((count,), np.intp),
             **{f"tmp{k}": ((count, channels), np.float32) for k in range(n)},
         },
     )
-    coords: npt.NDArray[np.float32] = ws["coords"]
-    _coordinates(composed, in_shape, out_shape, coords)
-    flat_coords = coords.reshape(n, count)
     strides = [int(np.prod(in_shape[a + 1 :])) for a in range(n)]
+    table = src.reshape(-1) if channels == 1 else src.reshape(-1, channels)
+    out_image = np.empty((*out_shape, channels), np.float32)
+    image_rows = out_image.reshape(out_shape[0], inner * channels)
+    out_label = None if lab is None else np.empty((*out_shape, 1), lab.dtype)
+    for start in range(0, out_shape[0], slab):
+        stop = min(start + slab, out_shape[0])
+        size = (stop - start) * inner
+        target = image_rows[start:stop].reshape(size, channels)
+        label_target = None if out_label is None else out_label.reshape(-1)[start * inner :][:size]
+        _interpolate_slab(
+            composed,
+            src,
+            table,
+            lab,
+            in_shape,
+            out_shape,
+            (start, stop),
+            strides,
+            {k: v[..., :size] if k == "coords" else v[:size] for k, v in ws.items()},
+            target if channels > 1 else target.reshape(size),
+            label_target,
+        )
+    return out_image, out_label
+
+
+#: voxels (times channels) per slab: small enough for the scratch buffers to stay in cache
+_SLAB_VOXELS = 1 << 18
+
+
+def _interpolate_slab(
+    composed: ComposedTransform,
+    src: npt.NDArray[np.float32],
+    table: npt.NDArray[np.float32],
+    lab: LabelArray | None,
+    in_shape: tuple[int, ...],
+    out_shape: tuple[int, ...],
+    rows: tuple[int, int],
+    strides: list[int],
+    ws: dict[str, npt.NDArray[Any]],
+    result: FloatArray,
+    label_out: LabelArray | None,
+) -> None:
+    """Resample output rows ``rows`` (axis 0) of image (into ``result``) and label."""
+    n = len(in_shape)
+    count = result.shape[0]
+    coords: npt.NDArray[np.float32] = ws["coords"]
+    _coordinates(
+        composed, in_shape, out_shape, rows, coords.reshape(n, rows[1] - rows[0], *out_shape[1:])
+    )
     index: npt.NDArray[np.intp] = ws["index"]
     scratch: npt.NDArray[np.floating[Any]] = ws["scratch"]
     total: npt.NDArray[np.floating[Any]] = ws["sum"]
@@ -394,34 +451,34 @@ def _interpolate(
         np.copyto(index, total, casting="unsafe")
 
     for a in range(n):  # edge duplication: clamp to the region
-        np.clip(flat_coords[a], 0, in_shape[a] - 1, out=flat_coords[a])
+        np.clip(coords[a], 0, in_shape[a] - 1, out=coords[a])
 
-    out_label = None
-    if lab is not None:
-        flat_index(lambda a, out: np.rint(flat_coords[a], out=out))
-        out_label = np.take(lab.reshape(-1), index).reshape((*out_shape, 1))
+    if lab is not None and label_out is not None:
+        flat_index(lambda a, out: np.rint(coords[a], out=out))
+        np.take(lab.reshape(-1), index, out=label_out, mode="wrap")
 
-    out_image = np.empty((*out_shape, channels), np.float32)
     if composed.order == 3:
         from scipy import ndimage
 
-        for c in range(channels):
-            out_image[..., c] = ndimage.map_coordinates(
+        for c in range(src.shape[-1]):
+            values = ndimage.map_coordinates(
                 src[..., c], coords, order=3, mode="nearest", output=np.float32
             )
-        return out_image, out_label
+            if result.ndim == 1:
+                result[...] = values
+            else:
+                result[:, c] = values
+        return
 
     def lower_corner(a: int, out: npt.NDArray[np.floating[Any]]) -> None:
-        np.floor(flat_coords[a], out=out)
+        np.floor(coords[a], out=out)
         np.minimum(out, in_shape[a] - 2, out=out)
-        np.subtract(flat_coords[a], out, out=flat_coords[a])  # now the upper voxel's weight
+        np.subtract(coords[a], out, out=coords[a])  # now the upper voxel's weight
 
     flat_index(lower_corner)
-    weights = [flat_coords[a] if channels == 1 else flat_coords[a][:, None] for a in range(n)]
-
-    table = src.reshape(-1) if channels == 1 else src.reshape(-1, channels)
+    channels = 1 if result.ndim == 1 else result.shape[1]
+    weights = [coords[a] if channels == 1 else coords[a][:, None] for a in range(n)]
     tmps = [ws[f"tmp{k}"] if channels > 1 else ws[f"tmp{k}"].reshape(count) for k in range(n)]
-    result = out_image.reshape(count) if channels == 1 else out_image.reshape(count, channels)
 
     def corner(level: int, offset: int, out: FloatArray) -> FloatArray:
         # depth-first evaluation of the 2**n corners; level k's lower half lives in tmps[k]
@@ -437,7 +494,6 @@ def _interpolate(
         return high
 
     corner(0, 0, result)
-    return out_image, out_label
 
 
 def _check_shapes(

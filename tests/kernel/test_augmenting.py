@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 import miscore
+from miscore import augmenting
 from miscore.augmenting import (
     SpatialTransform,
     TTATransform,
@@ -136,7 +137,12 @@ class TimesTwo(miscore.Augmentation):
 
 
 @pytest.mark.parametrize("channels", [1, 3])
-def test_a_composed_map_matches_scipy_in_3d(channels: int) -> None:
+@pytest.mark.parametrize("slab", [None, 1000])
+def test_a_composed_map_matches_scipy_in_3d(
+    channels: int, slab: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if slab is not None:  # the output is made in several slabs, the last one shorter
+        monkeypatch.setattr(augmenting, "_SLAB_VOXELS", slab)
     image = random_image((20, 24, 18, channels))
     rng = np.random.default_rng(1)
     transforms = [
@@ -150,7 +156,10 @@ def test_a_composed_map_matches_scipy_in_3d(channels: int) -> None:
     np.testing.assert_allclose(out, expected, atol=2e-4)
 
 
-def test_a_composed_map_matches_scipy_in_2d_with_cubic_interpolation() -> None:
+def test_a_composed_map_matches_scipy_in_2d_with_cubic_interpolation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(augmenting, "_SLAB_VOXELS", 300)
     image = random_image((30, 26, 2))
     transforms = [SpatialTransform.linear(rotation(2, 0.4), [3.0, -1.0], order=3)]
     out, _ = apply_spatial_transforms(transforms, image)
@@ -253,6 +262,12 @@ def test_labels_keep_their_classes_and_follow_the_image() -> None:
     ]
     out, out_label = apply_spatial_transforms(transforms, image, label)
     assert out_label is not None and out_label.dtype == np.int16
+    # made in one slab or in many: the same result
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(augmenting, "_SLAB_VOXELS", 2000)
+        sliced, sliced_label = apply_spatial_transforms(transforms, image, label)
+    np.testing.assert_array_equal(sliced, out)
+    np.testing.assert_array_equal(sliced_label, out_label)
     assert set(np.unique(out_label).tolist()) == {0, 3, 7}
     grid = np.indices(label.shape[:-1]).reshape(3, -1)
     for channel, value in enumerate((7, 3)):
