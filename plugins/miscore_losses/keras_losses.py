@@ -33,6 +33,13 @@ def expand_channels(y_true: Tensor, y_pred: Tensor, n_classes: int) -> tuple[Ten
     Binary (``n_classes == 1``) inputs become two channels: background, foreground.
     """
     y_pred = ops.cast(y_pred, "float32")
+    if len(y_true.shape) != len(y_pred.shape):
+        # Keras splits a single target array along the batch axis over several outputs
+        raise ValueError(
+            f"targets of shape {tuple(y_true.shape)} do not match predictions of shape "
+            f"{tuple(y_pred.shape)}; a model with several outputs (deep supervision) needs "
+            "one target per output"
+        )
     channels = y_pred.shape[-1]
     if channels is not None and channels != n_classes:
         raise ValueError(

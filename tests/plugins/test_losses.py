@@ -231,6 +231,9 @@ def test_wrong_class_weights_and_channels_are_refused(
     y, p = softmax_case((1, 4, 4), 3, seed=6)
     with pytest.raises(ValueError, match=r"built for 2 classes.*3 channels"):
         value(build(installed_plugins, "dice", 2), y, p)
+    # what Keras passes when one target array is given to a two-output model
+    with pytest.raises(ValueError, match="one target per output"):
+        value(build(installed_plugins, "dice", 3), y[0], p)
 
 
 def test_gradients_stay_finite_at_a_perfect_prediction(

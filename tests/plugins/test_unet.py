@@ -169,6 +169,12 @@ def test_deep_supervision_outputs(installed_plugins: miscore.PluginManager) -> N
     total = sum(w * logs[f"{name}_loss"][0] for name, w in weights.items())
     assert logs["loss"][0] == pytest.approx(total, rel=1e-4)
 
+    # one loss for every output, equal weights; the targets still one per output
+    model.compile(optimizer="adam", loss="categorical_crossentropy", run_eagerly=True)
+    logs = model.fit(x, (y, y, y), epochs=1, verbose=0).history
+    total = sum(logs[f"{name}_loss"][0] for name in weights)
+    assert logs["loss"][0] == pytest.approx(total, rel=1e-4)
+
 
 def test_one_class_gives_a_sigmoid_channel(installed_plugins: miscore.PluginManager) -> None:
     model = architecture(installed_plugins, "unet_residual").build((16, 16, 1), 1)
