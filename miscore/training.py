@@ -407,6 +407,12 @@ def train(
     from miscore.dataset import Dataset
     from miscore.plugins import PluginManager
 
+    folder = ModelDir(out)
+    if not resume and (folder.model_file.exists() or folder.state_file.exists()):
+        raise InputError(
+            f"{out}: already holds a model; use --resume to continue it or "
+            "choose another output folder"
+        )
     plugins = plugins or PluginManager(local_plugins=local_plugins)
     registry = plugins.registry
     components = check_components(config, registry)
@@ -461,26 +467,19 @@ def prepare_cases(
     steps: Sequence[Any],
     log: Callable[[str], None],
 ) -> list[CachedCase]:
-    """Each case preprocessed once into the cache (or served from it)."""
-    from miscore.cache import pipeline_fingerprint
-    from miscore.preprocess import preprocess_case
+    """Each case preprocessed once into the cache (or served from it), keyed exactly as
+    ``miscore cache build`` keys it."""
+    from miscore.cache import cache_dataset_case
 
     cases = []
+    hits = 0
+    started = time.perf_counter()
     for case_id in ids:
-        source = dataset.source(case_id)
-        io_names = sorted({dataset.io_for(p).name for p in (*source.images, source.label) if p})
-        fingerprint = pipeline_fingerprint(
-            steps, plugins, training=True, classes=config.data.classes, io=io_names
-        )
-        inputs = [*source.images, *([source.label] if source.label else [])]
-        key = store.key(case_id, inputs, fingerprint)
-        cases.append(
-            store.get_or_build(
-                key,
-                lambda case_id=case_id: preprocess_case(
-                    dataset.load(case_id), steps, training=True
-                ),
-            )
-        )
-    log(f"cache: {len(cases)} cases ready")
+        entry, hit = cache_dataset_case(store, dataset, case_id, steps, plugins, config)
+        cases.append(entry)
+        hits += hit
+    seconds = time.perf_counter() - started
+    log(
+        f"cache: {hits} of {len(ids)} cases ready, {len(ids) - hits} preprocessed ({seconds:.1f} s)"
+    )
     return cases

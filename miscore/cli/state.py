@@ -59,7 +59,9 @@ def import_tensorflow_quietly(debug: bool = False) -> None:
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), 2)
             with contextlib.suppress(Exception):
-                import tensorflow
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()  # probes CUDA, which logs when there is none
     finally:
         os.dup2(saved, 2)
         os.close(saved)
