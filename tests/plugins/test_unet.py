@@ -226,3 +226,12 @@ def test_params_are_validated() -> None:
         miscore_unet.UNet(unknown_field=1)
     assert miscore_unet.PlainUNet().params.max_filters == 320
     assert miscore_unet.PlainUNet().params.normalization == "instance"
+
+
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "elu", "gelu", "swish", "mish"])
+def test_every_activation_builds(installed_plugins: miscore.PluginManager, activation: str) -> None:
+    model = architecture(installed_plugins, "unet", depth=1, activation=activation)
+    out = predict(
+        model.build((8, 8, 1), 2), np.linspace(-2, 2, 64, dtype="float32").reshape(1, 8, 8, 1)
+    )
+    np.testing.assert_allclose(out.sum(axis=-1), 1.0, atol=1e-5)
