@@ -20,15 +20,13 @@ import itertools
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from miscore.components import Augmentation
 from miscore.errors import InputError
-
-if TYPE_CHECKING:
-    from miscore.components import Augmentation
 
 __all__ = [
     "DEFAULT_AUGMENTATION",
@@ -564,7 +562,11 @@ def augment_sample(
     out = _check_shapes(image, label, out_shape)
     owned = False
     group: list[SpatialTransform] = []
-    for aug in augmentations:
+    # spatial_later[i]: whether augmentations[i:] may still move voxels
+    spatial_later = [False] * (len(augmentations) + 1)
+    for i in range(len(augmentations) - 1, -1, -1):
+        spatial_later[i] = spatial_later[i + 1] or _may_be_spatial(augmentations[i])
+    for i, aug in enumerate(augmentations):
         p = float(getattr(aug.params, "p", 1.0))
         if rng.random() >= p:
             continue
@@ -572,7 +574,8 @@ def augment_sample(
         if transform is not None:
             group.append(transform)
             continue
-        if group:
+        if group or not spatial_later[i + 1]:
+            # nothing needs the margin any more: cut the patch before changing intensities
             image, label = apply_spatial_transforms(group, image, label, out)
             owned, group = _owns(image), []
         if not owned:
@@ -586,6 +589,11 @@ def augment_sample(
         owned = False
     image, label = apply_spatial_transforms(group, image, label, out)
     return image, label
+
+
+def _may_be_spatial(augmentation: Augmentation) -> bool:
+    """False for components that keep the base class's ``spatial_transform`` (never spatial)."""
+    return type(augmentation).spatial_transform is not Augmentation.spatial_transform
 
 
 def _owns(array: npt.NDArray[Any]) -> bool:

@@ -324,6 +324,31 @@ def test_probability_zero_skips_and_one_applies() -> None:
     np.testing.assert_allclose(always[:-1], (image[:-1] + image[1:]) / 2, atol=1e-6)
 
 
+class RecordShape(miscore.Augmentation):
+    """Records the shape of the image it sees (a test double)."""
+
+    name = "record_shape"
+    seen: ClassVar[list[tuple[int, ...]]] = []
+
+    def augment_inplace(self, image: npt.NDArray[np.float32], rng: np.random.Generator) -> bool:
+        self.seen.append(image.shape)
+        return True
+
+
+def test_intensity_steps_see_the_patch_once_nothing_moves_voxels_later() -> None:
+    region = random_image((24, 20, 1))
+    identity = FixedSpatial(SpatialTransform.identity(2), p=0.0)  # spatial, but skipped
+    RecordShape.seen.clear()
+    augment_sample(
+        [RecordShape(p=1.0), identity, RecordShape(p=1.0)],
+        region,
+        None,
+        np.random.default_rng(),
+        (10, 10),
+    )
+    assert RecordShape.seen == [(24, 20, 1), (10, 10, 1)]
+
+
 def test_augment_sample_crops_the_region_to_the_patch() -> None:
     region = random_image((24, 20, 2))
     out, _ = augment_sample([AddOneInPlace(p=1.0)], region, None, np.random.default_rng(), (10, 10))
