@@ -78,8 +78,8 @@ class SpatialTransform:
                     f"a {n}D displacement has shape ({n}, *control); got {field_.shape}"
                 )
             object.__setattr__(self, "displacement", field_)
-        if self.order not in (0, 1, 3):
-            raise ValueError(f"interpolation order is 0, 1 or 3; got {self.order}")
+        if self.order not in (1, 3):
+            raise ValueError(f"image interpolation order is 1 or 3; got {self.order}")
 
     @property
     def ndim(self) -> int:
@@ -575,7 +575,8 @@ def augment_sample(
             group.append(transform)
             continue
         if group or not spatial_later[i + 1]:
-            # nothing needs the margin any more: cut the patch before changing intensities
+            # resample the pending spatial run; or, when nothing later can move voxels, cut
+            # the patch now so that intensity steps skip the margin
             image, label = apply_spatial_transforms(group, image, label, out)
             owned, group = _owns(image), []
         if not owned:
