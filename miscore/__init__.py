@@ -5,8 +5,9 @@ Importing ``miscore`` is light: TensorFlow loads only where a model is built or 
 
 from __future__ import annotations
 
-import pluggy
+__version__ = "0.1.0"
 
+from miscore.api import Model, Pipeline, load_model, open_dataset, synthesize
 from miscore.atomic import atomic_output
 from miscore.components import (
     Architecture,
@@ -22,6 +23,7 @@ from miscore.components import (
     Subfunction,
 )
 from miscore.config import ComponentSpec, Config, check_components, load_config, parse_config
+from miscore.dataset import Dataset
 from miscore.errors import (
     ComponentNotFoundError,
     ConfigError,
@@ -30,15 +32,19 @@ from miscore.errors import (
     PipelineError,
     PluginError,
 )
+from miscore.hookspecs import hookimpl
 from miscore.labels import as_label_volume
 from miscore.plugins import PluginManager
 from miscore.registry import Registry
 from miscore.volume import Case, Volume, check_case_id
 
-__version__ = "0.1.0"
 
-#: The marker plugin authors put on their hook implementations.
-hookimpl = pluggy.HookimplMarker("miscore")
+def cross_validate(*args: object, **kwargs: object) -> object:
+    """Train and evaluate every fold of a validation scheme (``miscore.crossval``)."""
+    import importlib
+
+    return importlib.import_module("miscore.crossval").cross_validate(*args, **kwargs)
+
 
 __all__ = [
     "Architecture",
@@ -50,6 +56,7 @@ __all__ = [
     "ComponentSpec",
     "Config",
     "ConfigError",
+    "Dataset",
     "Evaluator",
     "Fold",
     "ImageIO",
@@ -57,7 +64,9 @@ __all__ = [
     "Loss",
     "Metric",
     "MiscoreError",
+    "Model",
     "Params",
+    "Pipeline",
     "PipelineError",
     "PluginError",
     "PluginManager",
@@ -69,7 +78,11 @@ __all__ = [
     "atomic_output",
     "check_case_id",
     "check_components",
+    "cross_validate",
     "hookimpl",
     "load_config",
+    "load_model",
+    "open_dataset",
     "parse_config",
+    "synthesize",
 ]

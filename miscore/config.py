@@ -217,7 +217,7 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
         "architecture": registry.create(
             "architecture", config.model.architecture, "model.architecture"
         ),
-        "loss": registry.create("loss", config.model.loss, "model.loss"),
+        "loss": _loss(config, registry),
     }
     if config.data.io is not None:
         try:
@@ -227,6 +227,20 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
     for i, step in enumerate(created["preprocessing"]):
         step.state_key = f"{i}.{step.name}"
     return created
+
+
+def _loss(config: Config, registry: Registry) -> Any:
+    """The configured loss component, or None for a Keras built-in loss name."""
+    spec = config.model.loss
+    if spec.name in registry.names("loss") or spec.params:
+        return registry.create("loss", spec, "model.loss")
+    import keras  # only for names no plugin registers: is it one of Keras's own?
+
+    try:
+        keras.losses.get(spec.name)
+    except ValueError:
+        return registry.create("loss", spec, "model.loss")  # raises, naming the choices
+    return None
 
 
 def json_schema() -> str:

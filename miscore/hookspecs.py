@@ -39,6 +39,8 @@ if TYPE_CHECKING:
     from miscore.volume import Volume
 
 hookspec = pluggy.HookspecMarker("miscore")
+#: The marker plugin authors put on their hook implementations (``miscore.hookimpl``).
+hookimpl = pluggy.HookimplMarker("miscore")
 
 
 # --- registration: each returns a list of component classes -----------------------------

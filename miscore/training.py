@@ -188,6 +188,13 @@ def make_recorder(
 
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
             values = {k: float(v) for k, v in (logs or {}).items()}
+            loss = values.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                # stop before the NaN weights overwrite the last good checkpoint
+                raise PipelineError(
+                    f"epoch {epoch + 1}: the training loss is {loss}; the last good epoch is "
+                    "kept in the model folder; lower training.learning_rate or check the data"
+                )
             with contextlib.suppress(AttributeError, TypeError, ValueError):
                 values["learning_rate"] = float(
                     keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
@@ -295,13 +302,20 @@ def fit_model(
             keras.callbacks.EarlyStopping(monitor=monitor, patience=config.training.early_stopping)
         )
     steps = loader.steps_per_epoch
+    batches: Any = loader.forever(initial_epoch)
+    validation_data: Any = validation
+    outputs = len(model.outputs)
+    if outputs > 1:  # deep supervision: every head learns the same (full-size) target
+        batches = ((x, (y,) * outputs) for x, y in batches)
+        if validation is not None:
+            validation_data = (validation[0], (validation[1],) * outputs)
     try:
         model.fit(
-            loader.forever(initial_epoch),
+            batches,
             steps_per_epoch=steps,
             epochs=total,
             initial_epoch=initial_epoch,
-            validation_data=validation,
+            validation_data=validation_data,
             validation_batch_size=config.training.batch_size,
             callbacks=callbacks,
             shuffle=False,  # the loader shuffles, seeded
@@ -387,6 +401,7 @@ def train(
     resume: bool = False,
     cache: str | None = None,
     local_plugins: Sequence[str] = (),
+    case_ids: Sequence[str] | None = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> TrainResult:
     """Train a model on the labelled cases of ``data`` and write the model folder ``out``.
@@ -400,6 +415,7 @@ def train(
         resume: continue an interrupted run in ``out``.
         cache: the cache location (``--cache``), above ``MISCORE_CACHE_DIR`` and config.
         local_plugins: ``--plugin`` modules, handed to worker processes.
+        case_ids: train on these labelled cases only (a cross-validation fold); None: all.
         log: where progress lines go.
     """
     from miscore.cache import CaseCache, open_cache
@@ -419,6 +435,11 @@ def train(
     plugins.configure(config)
     dataset = Dataset.discover(data, registry, config.data.layout, config.data.io)
     ids = dataset.labelled_ids
+    if case_ids is not None:
+        unknown = sorted(set(case_ids) - set(ids))
+        if unknown:
+            raise InputError(f"{data}: no labelled case named {', '.join(unknown[:5])}")
+        ids = [i for i in ids if i in set(case_ids)]
     if not ids:
         raise InputError(f"{data}: no labelled cases to train on")
     train_ids, val_ids = split_validation(ids, config)

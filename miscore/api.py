@@ -1,0 +1,307 @@
+"""The Python API for embedding miscore in your own code, in a few lines::
+
+    import miscore
+
+    data = miscore.open_dataset("data/")                       # any supported layout
+    pipeline = miscore.Pipeline(classes=3, patch_shape=(64, 64, 64), epochs=50)
+    model = pipeline.train(data, out="model")                   # writes the model folder
+    label = model.predict("new_case.nii.gz")                    # a Volume on the input's grid
+    model.predict("test_folder/", out="predictions/")           # files, as `miscore predict`
+    report = pipeline.cross_validate(data, out="cv", folds=3)   # per-case, per-class metrics
+    model = miscore.load_model("model")                         # later, elsewhere
+
+Component objects are accepted wherever a name is (a Keras loss, a ``Subfunction``
+instance, a function ``build(input_shape, n_classes) -> keras.Model``): they are registered
+for this pipeline's session. A model trained with such objects can be used in the same
+process; to reload it elsewhere, package the objects as a plugin.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from miscore.augmenting import default_augmentation
+from miscore.components import BASES, Architecture, Component, Loss
+from miscore.config import Config, load_config, parse_config
+from miscore.dataset import Dataset
+from miscore.errors import ConfigError
+from miscore.hookspecs import REGISTRATION_HOOKS, hookimpl
+from miscore.plugins import PluginManager
+from miscore.volume import Volume
+
+#: keyword -> (config section, field) for Pipeline(**overrides)
+SHORTCUTS: dict[str, tuple[str, str]] = {
+    "classes": ("data", "classes"),
+    "class_names": ("data", "class_names"),
+    "layout": ("data", "layout"),
+    "patch_shape": ("patching", "patch_shape"),
+    "patching": ("patching", "mode"),
+    "overlap": ("inference", "overlap"),
+    "epochs": ("training", "epochs"),
+    "batch_size": ("training", "batch_size"),
+    "learning_rate": ("training", "learning_rate"),
+    "validation_split": ("training", "validation_split"),
+    "seed": ("training", "seed"),
+    "workers": ("training", "workers"),
+    "tta": ("inference", "tta"),
+}
+COMPONENT_FIELDS = ("preprocessing", "augmentation", "architecture", "loss")
+
+_counter = itertools.count()
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def open_dataset(
+    path: Path | str, layout: str = "auto", plugins: PluginManager | None = None
+) -> Dataset:
+    """The cases of a dataset folder (MSD, KiTS-style case folders, DICOM, 2D, files)."""
+    plugins = plugins or PluginManager()
+    return Dataset.discover(path, plugins.registry, layout)
+
+
+def synthesize(
+    out: Path | str,
+    cases: int = 10,
+    shape: Sequence[int] = (64, 64, 64),
+    classes: int = 3,
+    *,
+    layout: str = "msd",
+    fmt: str = "nifti",
+    seed: int = 0,
+    oblique: bool = False,
+    plugins: PluginManager | None = None,
+) -> Dataset:
+    """Write a synthetic phantom dataset (as ``miscore synth``) and return it, discovered."""
+    from miscore.synth import write_dataset
+
+    plugins = plugins or PluginManager()
+    write_dataset(
+        out,
+        plugins.registry,
+        n_cases=cases,
+        shape=shape,
+        classes=classes,
+        layout=layout,  # type: ignore[arg-type]
+        fmt=fmt,  # type: ignore[arg-type]
+        seed=seed,
+        oblique=oblique,
+    )
+    return Dataset.discover(out, plugins.registry)
+
+
+class _SessionComponents:
+    """A plugin holding the component objects given to one Pipeline."""
+
+    def __init__(self) -> None:
+        self.classes: dict[str, list[type[Component]]] = {kind: [] for kind in BASES}
+
+    def add(self, kind: str, obj: Any) -> str:
+        name = f"python_{kind}_{next(_counter)}"
+        base = BASES[kind]
+        if isinstance(obj, base):
+            bound_params = obj.params
+            parent: type[Component] = type(obj)
+
+            def init(self: Component, params: Any = None, **kwargs: Any) -> None:
+                parent.__init__(self, bound_params)
+
+            cls = type(f"Session{parent.__name__}", (parent,), {"name": name, "__init__": init})
+        elif kind == "loss":
+            cls = type("SessionLoss", (Loss,), {"name": name, "build": lambda self, n: obj})
+        elif kind == "architecture" and callable(obj):
+
+            def build(self: Architecture, input_shape: Any, n_classes: int) -> Any:
+                return obj(input_shape, n_classes)
+
+            cls = type("SessionArchitecture", (Architecture,), {"name": name, "build": build})
+        else:
+            raise ConfigError(
+                f"{kind}: {type(obj).__name__} is not a {base.__name__}; give a name, a "
+                f"{{name, ...params}} mapping or a {base.__name__} instance"
+            )
+        self.classes[kind].append(cls)
+        return name
+
+
+def _make_hook(kind: str) -> Callable[[Any], list[type[Component]]]:
+    def hook(self: _SessionComponents) -> list[type[Component]]:
+        return self.classes[kind]
+
+    return hook
+
+
+for _kind, _hook_name in REGISTRATION_HOOKS.items():
+    setattr(_SessionComponents, _hook_name, hookimpl(_make_hook(_kind)))
+
+
+class Pipeline:
+    """A configuration plus the plugins it runs with: train, cross-validate, predict.
+
+    Args:
+        config: a ``Config``, a mapping as in YAML, or None for the defaults.
+        plugins: a ``PluginManager``; a new one (every installed plugin) when None.
+        **overrides: shortcuts for common fields (``classes``, ``patch_shape``, ``epochs``,
+            ``batch_size``, ``learning_rate``, ``validation_split``, ``seed``, ``workers``,
+            ``patching``, ``overlap``, ``tta``, ``layout``) and the components
+            (``preprocessing``, ``augmentation`` — a list or ``"default"`` —,
+            ``architecture``, ``loss``) as names, ``{name, ...params}`` mappings or objects.
+    """
+
+    def __init__(
+        self,
+        config: Config | Mapping[str, Any] | None = None,
+        *,
+        plugins: PluginManager | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.plugins = plugins or PluginManager()
+        self._session = _SessionComponents()
+        data: dict[str, Any] = (
+            config.model_dump(mode="json") if isinstance(config, Config) else dict(config or {})
+        )
+        for key, value in overrides.items():
+            if key in COMPONENT_FIELDS:
+                self._set_component(data, key, value)
+            elif key in SHORTCUTS:
+                section, field = SHORTCUTS[key]
+                data.setdefault(section, {})[field] = (
+                    list(value) if isinstance(value, tuple) else value
+                )
+            else:
+                known = sorted([*SHORTCUTS, *COMPONENT_FIELDS])
+                raise ConfigError(f"Pipeline: unknown option {key!r}; options: {', '.join(known)}")
+        if any(self._session.classes.values()):
+            self.plugins.register(self._session, f"session_{id(self):x}", version="0")
+        patching = data.get("patching", {})
+        if patching.get("patch_shape") is not None and "mode" not in patching:
+            patching["mode"] = "random"
+        self.config = parse_config(data, "Pipeline")
+
+    @classmethod
+    def from_config(cls, path: Path | str, plugins: PluginManager | None = None) -> Pipeline:
+        """A pipeline from a YAML config file."""
+        return cls(load_config(path), plugins=plugins)
+
+    def _set_component(self, data: dict[str, Any], key: str, value: Any) -> None:
+        kinds = {
+            "preprocessing": "subfunction",
+            "augmentation": "augmentation",
+            "architecture": "architecture",
+            "loss": "loss",
+        }
+        kind = kinds[key]
+        if key == "augmentation" and value == "default":
+            value = default_augmentation()
+
+        def entry(item: Any) -> Any:
+            if isinstance(item, (str, Mapping)):
+                return item
+            return self._session.add(kind, item)
+
+        if key in ("preprocessing", "augmentation"):
+            data[key] = [entry(item) for item in value]
+        else:
+            data.setdefault("model", {})[key] = entry(value)
+
+    def train(
+        self,
+        data: Dataset | Path | str,
+        out: Path | str = "model",
+        *,
+        epochs: int | None = None,
+        resume: bool = False,
+        cache: str | None = None,
+        log: Callable[[str], None] = _log,
+    ) -> Model:
+        """Train on the labelled cases of ``data``; returns the trained ``Model``."""
+        from miscore.training import train
+
+        root = data.root if isinstance(data, Dataset) else data
+        train(
+            self.config,
+            root,
+            out,
+            plugins=self.plugins,
+            epochs=epochs,
+            resume=resume,
+            cache=cache,
+            log=log,
+        )
+        return load_model(out, plugins=self.plugins)
+
+    def cross_validate(
+        self,
+        data: Dataset | Path | str,
+        out: Path | str = "crossval",
+        **options: Any,
+    ) -> Any:
+        """Train and evaluate every fold; see ``miscore.crossval.cross_validate``."""
+        import importlib
+
+        crossval = importlib.import_module("miscore.crossval")
+        root = data.root if isinstance(data, Dataset) else data
+        return crossval.cross_validate(self.config, root, out, plugins=self.plugins, **options)
+
+
+class Model:
+    """A trained model: predict files, folders, datasets or Volumes."""
+
+    def __init__(self, predictor: Any) -> None:
+        self.predictor = predictor
+
+    @property
+    def config(self) -> Config:
+        return self.predictor.config  # type: ignore[no-any-return]
+
+    @property
+    def keras_model(self) -> Any:
+        """The Keras model inside."""
+        return self.predictor.model
+
+    def predict(
+        self,
+        source: Volume | Path | str | Sequence[Path | str],
+        out: Path | str | None = None,
+        **options: Any,
+    ) -> Any:
+        """Predict label maps.
+
+        With ``out``: ``source`` is one or more files/folders and the predictions are
+        written there (as ``miscore predict``); returns the written paths. Without ``out``:
+        ``source`` is a Volume or one image file, and the label Volume is returned.
+        """
+        from miscore.inference import find_inputs, predict
+        from miscore.volume import Case
+
+        if out is not None:
+            if isinstance(source, Volume):
+                raise ConfigError("predict: give files or folders with out=, or a Volume without")
+            inputs = [source] if isinstance(source, (str, Path)) else list(source)
+            return predict(
+                self.predictor.model_dir,
+                inputs,
+                out,
+                plugins=self.predictor.plugins,
+                **options,
+            )
+        if isinstance(source, Volume):
+            case = Case("input", source)
+        else:
+            [item] = find_inputs([Path(str(source))], self.predictor.plugins)
+            case = item.read()
+        label, _ = self.predictor.predict_case(case, **options)
+        return label
+
+
+def load_model(model_dir: Path | str, plugins: PluginManager | None = None) -> Model:
+    """A model folder written by ``miscore train`` (loaded with Keras safe mode)."""
+    from miscore.inference import load_model as load_predictor
+
+    return Model(load_predictor(model_dir, plugins))
