@@ -84,7 +84,28 @@ def preprocess_case(case: Case, steps: Sequence[Subfunction], training: bool) ->
                 "not a Case"
             )
         current = result
+    _check_finite(case, current)
     return current
+
+
+def _check_finite(source: Case, ready: Case) -> None:
+    """Refuse NaN/infinite image values: a network fed one gives NaN losses and predictions."""
+    array = ready.image.array
+    if array.dtype.kind not in "fc" or bool(np.isfinite(array).all()):
+        return
+    raw = source.image.array
+    bad = int(np.count_nonzero(~np.isfinite(raw))) if raw.dtype.kind in "fc" else 0
+    if bad:
+        files = source.meta.get("source", {}).get("images") or []
+        where = f" ({', '.join(map(str, files))})" if files else ""
+        raise InputError(
+            f"case {source.id}: the image{where} holds {bad} NaN or infinite voxels; replace "
+            "them (e.g. with the background value) before training or predicting"
+        )
+    raise PipelineError(
+        f"case {source.id}: preprocessing produced NaN or infinite image values; check the "
+        "steps' params (e.g. a fixed zscore std or a resample of an empty image)"
+    )
 
 
 def postprocess_prediction(
