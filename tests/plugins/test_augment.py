@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import miscore
 from miscore.augmenting import (
@@ -325,3 +327,27 @@ def test_the_default_set_runs_in_2d_and_3d(registry: miscore.Registry) -> None:
     flat_image, flat_label = image[:, :, 10], label[:, :, 10]
     out, out_label = augment_sample(augmentations, flat_image, flat_label, rng)
     assert out.shape == flat_image.shape
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    names=st.lists(st.sampled_from(SPATIAL), min_size=1, max_size=4),
+    order=st.sampled_from([1, 3]),
+    seed=st.integers(0, 10_000),
+    two_d=st.booleans(),
+)
+def test_any_spatial_chain_keeps_classes_and_shape(
+    registry: miscore.Registry, names: list[str], order: int, seed: int, two_d: bool
+) -> None:
+    image, label = sample_3d()
+    if two_d:
+        image, label = image[:, :, 10], label[:, :, 10]
+    augmentations = [
+        create(registry, n, **({} if n in ("flip", "rotate90") else {"order": order}))
+        for n in names
+    ]
+    out, out_label = augment_sample(augmentations, image, label, np.random.default_rng(seed))
+    assert out.shape == image.shape and out.dtype == np.float32
+    assert out_label is not None and out_label.shape == label.shape
+    assert set(np.unique(out_label).tolist()) <= {0, 1, 2, 5}
+    assert np.isfinite(out).all()
