@@ -163,6 +163,20 @@ class Config(Section):
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_augmentation(cls, data: Any) -> Any:
+        """``augmentation: default`` (or a ``default`` entry) is the documented default set."""
+        if isinstance(data, dict) and "augmentation" in data:
+            entries = data["augmentation"]
+            if entries == "default" or (
+                isinstance(entries, list) and any(e == "default" for e in entries)
+            ):
+                from miscore.augmenting import expand_default
+
+                data = {**data, "augmentation": expand_default(entries)}
+        return data
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
 

@@ -141,3 +141,13 @@ def test_schema_is_json_schema_with_every_section() -> None:
         "inference",
         "cache",
     }
+
+
+def test_augmentation_default_is_the_documented_set() -> None:
+    from miscore.augmenting import default_augmentation
+
+    config = miscore.parse_config({"augmentation": "default"})
+    assert [s.model_dump() for s in config.augmentation] == default_augmentation()
+    extended = miscore.parse_config({"augmentation": ["default", {"name": "shift"}]})
+    assert [s.name for s in extended.augmentation][-1] == "shift"
+    assert len(extended.augmentation) == len(default_augmentation()) + 1
