@@ -17,6 +17,7 @@ import typer
 from miscore import __version__
 from miscore.cli import (
     analyze_cmd,
+    bench_cmd,
     cache_cmd,
     config_cmd,
     evaluate_cmd,
@@ -89,6 +90,7 @@ def build_app(manager: PluginManager) -> typer.Typer:
     app.command("plan")(plan_cmd.plan)
     app.command("train")(train_cmd.train)
     app.command("predict")(train_cmd.predict)
+    app.command("bench")(bench_cmd.bench)
     manager.register_commands(app)
     return app
 
