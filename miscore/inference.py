@@ -209,6 +209,16 @@ class Predictor:
             tta=transforms,
         )
 
+    def class_scores(
+        self,
+        image: np.ndarray,
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: bool | None = None,
+    ) -> np.ndarray:
+        """``(*spatial, C)`` preprocessed image -> ``(*spatial, K)`` scores (argmax: class)."""
+        return self.sliding_window(image.shape[:-1], overlap, blend, tta)(image)
+
     def predict_case(
         self,
         case: Case,
@@ -221,8 +231,7 @@ class Predictor:
         """Predict one case; returns the label map on the case's grid (and probabilities)."""
         ready = preprocess_case(case, self.steps, training=False)
         image = np.asarray(ready.image.array, dtype=np.float32)
-        window = self.sliding_window(image.shape[:-1], overlap, blend, tta)
-        scores = window(image)
+        scores = self.class_scores(image, overlap, blend, tta)
         label = labels_from_scores(scores, self.config.inference.threshold)
         if self.config.inference.keep_largest:
             label = keep_largest_component(label)
@@ -237,10 +246,66 @@ class Predictor:
         return prediction, probs
 
 
+@dataclass
+class EnsemblePredictor(Predictor):
+    """The fold models of a cross-validation folder as one predictor (MIScnn's model group).
+
+    Each case is preprocessed once (the folds share the config); every fold model predicts
+    it with its own sliding window, and the mean of their class probabilities decides the
+    label and is the probability map returned. ``model`` is the first fold's model.
+    """
+
+    members: list[Predictor] = field(default_factory=list)
+
+    def class_scores(
+        self,
+        image: np.ndarray,
+        overlap: float | None = None,
+        blend: str | None = None,
+        tta: bool | None = None,
+    ) -> np.ndarray:
+        """The mean over the fold models of their class probabilities."""
+        total: np.ndarray | None = None
+        for member in self.members:
+            probs = probabilities(member.class_scores(image, overlap, blend, tta))
+            total = probs if total is None else np.add(total, probs, out=total)
+        assert total is not None
+        mean: np.ndarray = total / np.float32(len(self.members))
+        return mean
+
+
+def load_ensemble(
+    cv_dir: Path, members: Sequence[Path], plugins: PluginManager
+) -> EnsemblePredictor:
+    """The fold models of a cross-validation folder; they must preprocess alike."""
+    predictors = [load_model(m, plugins) for m in members]
+    first = predictors[0]
+    steps = [s.config() for s in first.steps]
+    for member in predictors[1:]:
+        if [s.config() for s in member.steps] != steps:
+            raise InputError(
+                f"{member.model_dir}: preprocesses differently from {first.model_dir}; "
+                "the fold models of an ensemble must share their preprocessing"
+            )
+        if member.info.n_classes != first.info.n_classes:
+            raise InputError(
+                f"{member.model_dir}: predicts {member.info.n_classes} classes but "
+                f"{first.model_dir} predicts {first.info.n_classes}"
+            )
+    return EnsemblePredictor(
+        first.model, first.config, first.info, first.steps, plugins, cv_dir, predictors
+    )
+
+
 def load_model(model_dir: Path | str, plugins: PluginManager | None = None) -> Predictor:
-    """Load a model folder written by ``miscore train`` (Keras safe mode)."""
+    """Load a model folder written by ``miscore train`` (Keras safe mode), or a
+    cross-validation folder written by ``miscore cv`` as an ``EnsemblePredictor``."""
+    from miscore.crossval import ensemble_members
     from miscore.plugins import PluginManager
 
+    members = ensemble_members(model_dir)
+    if members is not None:
+        return load_ensemble(Path(model_dir), members, plugins or PluginManager())
     folder = ModelDir(model_dir)
     info = folder.info()
     config = folder.config()
