@@ -20,6 +20,7 @@ from miscore.cli import (
     bench_cmd,
     cache_cmd,
     config_cmd,
+    cv_cmd,
     evaluate_cmd,
     info_cmd,
     plan_cmd,
@@ -90,6 +91,7 @@ def build_app(manager: PluginManager) -> typer.Typer:
     app.command("plan")(plan_cmd.plan)
     app.command("train")(train_cmd.train)
     app.command("predict")(train_cmd.predict)
+    app.command("cv")(cv_cmd.cv)
     app.command("bench")(bench_cmd.bench)
     manager.register_commands(app)
     return app

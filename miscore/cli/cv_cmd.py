@@ -1,0 +1,123 @@
+"""``miscore cv CONFIG --data DATA --out DIR``: cross-validate a config on a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
+
+from miscore.cli.state import import_tensorflow_quietly, state
+
+if TYPE_CHECKING:
+    from miscore.crossval import CrossValidationReport
+
+
+def _print_summary(report: CrossValidationReport) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    n_cases = len({r.case for r in report.rows})
+    table = Table(title=f"miscore cv: {len(report.folds)} fold(s), {n_cases} test case(s)")
+    for column in ("class", "metric", "mean", "std", "median", "n"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    shown = [m for m in ("dice", "hd95", "nsd") if m in report.metrics] or report.metrics[:3]
+    for class_id in report.classes:
+        for i, metric in enumerate(shown):
+            s = report.stats(class_id, metric)
+            table.add_row(
+                str(class_id) if i == 0 else "",
+                metric,
+                *(f"{v:.4f}" for v in (s.mean, s.std, s.median)),
+                str(s.n),
+            )
+    Console().print(table)
+
+
+def cv(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="The YAML config file.")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Dataset folder (else config data.path).")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Cross-validation folder to write.")] = Path(
+        "crossval"
+    ),
+    scheme: Annotated[
+        Literal["kfold", "loo", "split", "explicit"],
+        typer.Option("--scheme", help="Validation scheme, seeded by training.seed."),
+    ] = "kfold",
+    folds: Annotated[int, typer.Option("--folds", min=2, help="Folds of kfold.")] = 3,
+    split: Annotated[
+        float | None,
+        typer.Option("--split", min=0.0, max=1.0, help="Test fraction of 'split' (default 0.2)."),
+    ] = None,
+    train_list: Annotated[
+        Path | None,
+        typer.Option("--train-list", help="'explicit': file of training case ids, one a line."),
+    ] = None,
+    test_list: Annotated[
+        Path | None,
+        typer.Option("--test-list", help="'explicit': file of test case ids, one a line."),
+    ] = None,
+    splits: Annotated[
+        Path | None,
+        typer.Option("--splits", help="Reuse the folds of a splits.json (--scheme is ignored)."),
+    ] = None,
+    only_splits: Annotated[
+        bool, typer.Option("--only-splits", help="Write splits.json and stop (no training).")
+    ] = False,
+    epochs: Annotated[
+        int | None, typer.Option("--epochs", min=1, help="Override training.epochs.")
+    ] = None,
+    cache: Annotated[
+        str | None, typer.Option("--cache", help="Cache location (above MISCORE_CACHE_DIR).")
+    ] = None,
+    metric: Annotated[
+        list[str] | None,
+        typer.Option("--metric", "-m", help="Metric of the report (repeatable; default: all)."),
+    ] = None,
+    overlays: Annotated[
+        bool,
+        typer.Option("--overlays/--no-overlays", help="Write a GIF (PNG in 2D) per test case."),
+    ] = True,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Keep finished folds in --out, continue the rest.")
+    ] = False,
+) -> None:
+    """Cross-validate: split the labelled cases, train each fold, predict and score its
+    test cases; write models, predictions, metrics, plots and overlays to --out.
+
+    The folder then works as an ensemble: miscore predict OUT INPUT averages the folds.
+    """
+    from miscore.config import load_config
+    from miscore.crossval import cross_validate, plan_splits, read_case_list
+    from miscore.errors import InputError
+    from miscore.evaluate import DEFAULT_METRICS
+
+    cli = state(ctx)
+    settings = load_config(config)
+    dataset = data or (Path(settings.data.path) if settings.data.path else None)
+    if dataset is None:
+        raise InputError("no dataset: give --data DATA or set data.path in the config")
+    train_ids = read_case_list(train_list) if train_list is not None else None
+    test_ids = read_case_list(test_list) if test_list is not None else None
+    if only_splits:
+        made, path = plan_splits(
+            settings, dataset, out, scheme=scheme, folds=folds, split=split,
+            train_list=train_ids, test_list=test_ids, splits_file=splits, plugins=cli.plugins,
+        )  # fmt: skip
+        for fold in made:
+            print(f"{fold.name}: {len(fold.train)} train, {len(fold.test)} test")
+        print(f"folds: {path}")
+        return
+    import_tensorflow_quietly(cli.debug)
+    report = cross_validate(
+        settings, dataset, out, scheme=scheme, folds=folds, split=split,
+        train_list=train_ids, test_list=test_ids, splits_file=splits, plugins=cli.plugins,
+        epochs=epochs, cache=cache, metrics=list(metric or DEFAULT_METRICS), overlays=overlays,
+        resume=resume, local_plugins=cli.local_plugins, log=cli.log,
+    )  # fmt: skip
+    if not cli.quiet:
+        _print_summary(report)
+    print(f"cross-validation: {out} ({len(report.folds)} folds; report {out / 'report.json'})")
