@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests"]
@@ -34,8 +36,11 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """Synthetic data -> train -> predict -> evaluate -> report."""
-    session.error("miscore demo is not built yet (tracked in the issue 'The product: demo ...')")
+    """Synthetic data -> train -> predict -> evaluate -> report (``--quick`` via posargs)."""
+    session.install(".")
+    if not session.posargs:
+        shutil.rmtree("demo-out", ignore_errors=True)  # the previous demo's output
+    session.run("miscore", "demo", *(session.posargs or ["--out", "demo-out"]))
 
 
 @nox.session

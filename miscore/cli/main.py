@@ -21,6 +21,7 @@ from miscore.cli import (
     cache_cmd,
     config_cmd,
     cv_cmd,
+    demo_cmd,
     evaluate_cmd,
     info_cmd,
     plan_cmd,
@@ -92,6 +93,7 @@ def build_app(manager: PluginManager) -> typer.Typer:
     app.command("train")(train_cmd.train)
     app.command("predict")(train_cmd.predict)
     app.command("cv")(cv_cmd.cv)
+    app.command("demo")(demo_cmd.demo)
     app.command("bench")(bench_cmd.bench)
     manager.register_commands(app)
     return app
