@@ -248,6 +248,29 @@ def curve_names(histories: Mapping[str, Sequence[Mapping[str, float]]]) -> list[
     return sorted(names, key=lambda n: (n != "loss", n))
 
 
+def fold_curves_figure(histories: Mapping[str, Sequence[Mapping[str, float]]], name: str) -> Any:
+    """A matplotlib ``Figure`` of metric ``name`` against the epoch, a line per fold (and a
+    dashed one per fold for ``val_<name>`` when logged)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 4))
+    ax = figure.add_subplot()
+    for i, (fold, rows) in enumerate(histories.items()):
+        colour = f"C{i % 10}"
+        epochs = [row["epoch"] for row in rows]
+        for key, style, label in ((name, "-", fold), (f"val_{name}", "--", f"{fold} val")):
+            if any(key in row for row in rows):
+                values = [row.get(key, np.nan) for row in rows]
+                ax.plot(epochs, values, style, color=colour, label=label, marker=".")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(name)
+    ax.set_title(f"{name} per fold")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
 def plot_fold_curves(
     histories: Mapping[str, Sequence[Mapping[str, float]]], folder: Path | str
 ) -> list[Path]:
@@ -260,28 +283,11 @@ def plot_fold_curves(
     Returns:
         The paths written, ``loss`` first.
     """
-    from matplotlib.figure import Figure
-
     folder = Path(folder)
-    written = []
-    for name in curve_names(histories):
-        figure = Figure(figsize=(6, 4))
-        ax = figure.add_subplot()
-        for i, (fold, rows) in enumerate(histories.items()):
-            colour = f"C{i % 10}"
-            epochs = [row["epoch"] for row in rows]
-            for key, style, label in ((name, "-", fold), (f"val_{name}", "--", f"{fold} val")):
-                if any(key in row for row in rows):
-                    values = [row.get(key, np.nan) for row in rows]
-                    ax.plot(epochs, values, style, color=colour, label=label, marker=".")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(name)
-        ax.set_title(f"{name} per fold")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-        figure.tight_layout()
-        written.append(_save_figure(figure, folder / f"curves_{_safe_name(name)}.png"))
-    return written
+    return [
+        _save_figure(fold_curves_figure(histories, name), folder / f"curves_{_safe_name(name)}.png")
+        for name in curve_names(histories)
+    ]
 
 
 def plot_metric_boxes(
