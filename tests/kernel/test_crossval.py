@@ -173,7 +173,7 @@ def test_the_ensemble_averages_the_members_probabilities(tmp_path: Path) -> None
     info = ModelInfo(input_shape=[4, 4, 1], n_classes=3)
     plugins = PluginManager()
     rng = np.random.default_rng(0)
-    members = []
+    members: list[Predictor] = []
     for _ in range(3):
         member = FixedScores(None, config, info, [], plugins, tmp_path)
         # unnormalised blended scores, as a sliding window returns them
