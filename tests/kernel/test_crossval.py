@@ -174,15 +174,17 @@ def test_the_ensemble_averages_the_members_probabilities(tmp_path: Path) -> None
     plugins = PluginManager()
     rng = np.random.default_rng(0)
     members: list[Predictor] = []
+    scores = []
     for _ in range(3):
         member = FixedScores(None, config, info, [], plugins, tmp_path)
         # unnormalised blended scores, as a sliding window returns them
         member.scores = rng.uniform(0.1, 2.0, size=(4, 4, 3)).astype(np.float32)
         members.append(member)
+        scores.append(member.scores)
     ensemble = EnsemblePredictor(None, config, info, [], plugins, tmp_path, members)
     image = Volume(np.zeros((4, 4, 1), np.float32), np.diag([0.7, 0.7, 1.0, 1.0]))
     label, probs = ensemble.predict_case(Case("c", image), with_probabilities=True)
-    mean = np.mean([probabilities(m.scores) for m in members], axis=0)
+    mean = np.mean([probabilities(s) for s in scores], axis=0)
     assert probs is not None
     np.testing.assert_allclose(probs.array, mean, atol=1e-6)
     np.testing.assert_allclose(probs.array.sum(axis=-1), 1.0, atol=1e-5)
