@@ -11,6 +11,7 @@ them) and the final label map is uint8/uint16; no float64 copy of the whole outp
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -230,6 +231,12 @@ class Predictor:
     ) -> tuple[Volume, Volume | None]:
         """Predict one case; returns the label map on the case's grid (and probabilities)."""
         ready = preprocess_case(case, self.steps, training=False)
+        channels = self.info.input_shape[-1]
+        if channels is not None and ready.image.channels != channels:
+            raise InputError(
+                f"case {case.id}: the image has {ready.image.channels} channel(s) but the model "
+                f"{self.model_dir} was trained on {channels}; give images like its training data"
+            )
         image = np.asarray(ready.image.array, dtype=np.float32)
         scores = self.class_scores(image, overlap, blend, tta)
         label = labels_from_scores(scores, self.config.inference.threshold)
@@ -371,7 +378,7 @@ def find_inputs(
 
 
 def _read_file(io: ImageIO, path: Path, case_id: str) -> Case:
-    return Case(case_id, io.read(path))
+    return Case(case_id, io.read(path), meta={"source": {"images": [str(path)]}})
 
 
 def _input_id(io: ImageIO, path: Path) -> str:
@@ -409,7 +416,12 @@ def predict(
     sources = {c.source.resolve() for c in cases}
     if out.resolve() in sources or any(out.resolve() == s.parent for s in sources):
         raise InputError(f"{out}: the output folder is an input folder; choose another")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise InputError(f"{out}: the output folder is not writable; choose another with --out")
     written: list[Path] = []
     for index, item in enumerate(cases, 1):
         case = item.read()
