@@ -145,9 +145,9 @@ class _BuildJob:
         dataset = Dataset.discover(data, registry, config.data.layout, config.data.io)
         return cls(config, manager, dataset, steps, open_cache(config, cache))
 
-    def build(self, case_id: str) -> tuple[str, bool, float, str]:
-        """``(case_id, hit, seconds, error)``; errors are returned, so one case cannot stop
-        the others."""
+    def build(self, case_id: str) -> tuple[str, bool, float, str, int]:
+        """``(case_id, hit, seconds, error, exit_code)``; errors are returned, so one case
+        cannot stop the others."""
         from miscore.cache import cache_dataset_case
 
         start = time.perf_counter()
@@ -156,8 +156,8 @@ class _BuildJob:
                 self.store, self.dataset, case_id, self.steps, self.manager, self.config
             )
         except MiscoreError as exc:
-            return case_id, False, time.perf_counter() - start, str(exc)
-        return case_id, hit, time.perf_counter() - start, ""
+            return case_id, False, time.perf_counter() - start, str(exc), exc.exit_code
+        return case_id, hit, time.perf_counter() - start, "", 0
 
 
 _WORKER: dict[str, _BuildJob] = {}
@@ -175,7 +175,7 @@ def _worker_init(
     )
 
 
-def _worker_build(case_id: str) -> tuple[str, bool, float, str]:
+def _worker_build(case_id: str) -> tuple[str, bool, float, str, int]:
     return _WORKER["job"].build(case_id)
 
 
@@ -202,11 +202,11 @@ def build(
     ids = job.dataset.labelled_ids[index::count]
     where = getattr(job.store, "root", "")
     cli.log(f"cache {where}: {len(ids)} cases to check (shard {index}/{count})")
-    results: list[tuple[str, bool, float, str]] = []
+    results: list[tuple[str, bool, float, str, int]] = []
 
-    def report(result: tuple[str, bool, float, str]) -> None:
+    def report(result: tuple[str, bool, float, str, int]) -> None:
         results.append(result)
-        case_id, hit, seconds, error = result
+        case_id, hit, seconds, error, _code = result
         status = f"failed: {error}" if error else ("cached" if hit else f"built in {seconds:.1f} s")
         cli.log(f"[{len(results)}/{len(ids)}] {case_id}: {status}")
 
@@ -219,7 +219,9 @@ def build(
     hits = sum(1 for r in results if r[1])
     cli.log(f"built {len(results) - hits - len(failed)}, cached {hits}, failed {len(failed)}")
     if failed:
-        raise PipelineError(
+        # bad input files (exit 2) unless some case failed for another reason (exit 1)
+        error = InputError if all(r[4] == 2 for r in results if r[3]) else PipelineError
+        raise error(
             f"{len(failed)} of {len(ids)} cases failed: "
             + "; ".join(f"{case_id}: {error}" for case_id, error in failed[:3])
             + ("; ..." if len(failed) > 3 else "")
