@@ -952,9 +952,30 @@ def cache_dataset_case(
     found = store.get(key)
     store._record(found is not None)
     if found is not None:
+        _check_classes(found, dataset, config.data.classes)
         return found, True
     case = preprocess_case(dataset.load(case_id), steps, training=training)
+    if case.label is not None and case.label.array.size:
+        top = int(case.label.array.max())
+        if top >= config.data.classes:
+            raise InputError(
+                f"case {case_id}: the label {dataset.source(case_id).label} holds class id "
+                f"{top} but data.classes is {config.data.classes}; set data.classes to the "
+                "number of classes, background included"
+            )
     return store.put(key, case), False
+
+
+def _check_classes(entry: CachedCase, dataset: Dataset, classes: int) -> None:
+    """Refuse a cached label with class ids beyond ``data.classes`` (the key holds classes,
+    so a hit was checked when it was built; this keeps entries made by older versions honest)."""
+    top = max(entry.class_voxels, default=0)
+    if top >= classes:
+        raise InputError(
+            f"case {entry.id}: the label {dataset.source(entry.id).label} holds class id "
+            f"{top} but data.classes is {classes}; set data.classes to the number of classes, "
+            "background included"
+        )
 
 
 def open_cache(
