@@ -311,7 +311,7 @@ class _Finder:
         cases += self.msd_folder("imagesTs", "labelsTs", test=True)
         return cases, info
 
-    def msd_folder(self, images: str, labels: str, test: bool) -> list[CaseSource]:
+    def msd_folder(self, images: str, labels: str | None, test: bool) -> list[CaseSource]:
         folder = self.root / images
         if not folder.is_dir():
             return []
@@ -322,11 +322,16 @@ class _Finder:
             match = _CHANNEL.match(stem)
             if match:
                 channels.setdefault(match["case"], {})[int(match["channel"])] = path
+            elif stem in single:
+                raise InputError(
+                    f"case id {stem!r} appears twice: {single[stem]} and {path}; "
+                    "rename or remove one"
+                )
             else:
                 single[stem] = path
         label_files = {}
-        label_folder = self.root / labels
-        if label_folder.is_dir():
+        label_folder = self.root / labels if labels is not None else None
+        if label_folder is not None and label_folder.is_dir():
             label_files = {_stem(io, p): p for p, io in self.images_in(label_folder)}
         cases = []
         counts = set()
@@ -463,7 +468,8 @@ class _Finder:
             if single is None:
                 raise InputError(f"{root}: no installed reader handles this file")
             return [CaseSource(_case_id(_stem(single, root), root), (root,))]
-        return [CaseSource(_case_id(_stem(io, p), p), (p,)) for p, io in self.images_in(root)]
+        # nnU-Net channel files (<case>_0000, <case>_0001...) are one case, as in imagesTs
+        return self.msd_folder(".", None, test=False)
 
 
 def _stem(io: ImageIO, path: Path) -> str:
