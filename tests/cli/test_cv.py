@@ -1,0 +1,154 @@
+"""``miscore cv`` on a small synthetic dataset, and the ensemble ``miscore predict CV_DIR``."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.cli.helpers import assert_one_line_error, run_cli
+
+CONFIG = """
+data: {classes: 3, class_names: [background, organ, tumour]}
+preprocessing: [{name: clip, min: -150, max: 250}, zscore]
+patching: {mode: random, patch_shape: [32, 32, 32], samples_per_case: 1}
+model:
+  architecture: {name: unet, filters: 4, depth: 2}
+  loss: dice_ce
+training: {epochs: 2, batch_size: 2, learning_rate: 0.003}
+cache: {path: cache}
+"""
+CASES = [f"case_{i:03d}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def cv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-fold cross-validation of a tiny 3D U-Net (2 epochs) on 6 cases of 32^3."""
+    root = tmp_path_factory.mktemp("cv")
+    result = run_cli(
+        "synth", root / "data", "--cases", "6", "--shape", "32", "32", "32",
+        "--classes", "3", "--seed", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (root / "config.yaml").write_text(CONFIG)
+    result = run_cli(
+        "cv", "config.yaml", "--data", "data", "--scheme", "kfold", "--folds", "3",
+        "--out", "cv", cwd=root,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "cross-validation: cv (3 folds" in result.stdout
+    return root
+
+
+def test_every_artefact_is_written(cv: Path) -> None:
+    out = cv / "cv"
+    for name in ("splits.json", "crossval.json", "metrics.tsv", "summary.tsv", "report.json"):
+        assert (out / name).is_file(), name
+    for name in ("curves_loss.png", "box_dice.png", "box_hd95.png"):
+        assert (out / "plots" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    report = json.loads((out / "report.json").read_text())
+    assert sorted(c for fold in report["folds"] for c in fold["test"]) == CASES
+    for i, fold in enumerate(report["folds"]):
+        folder = out / f"fold_{i}"
+        for name in ("model.keras", "miscore.json", "history.tsv", "curves.png"):
+            assert (folder / "model" / name).is_file(), (i, name)
+        history = (folder / "model" / "history.tsv").read_text().splitlines()
+        assert [line.split("\t")[0] for line in history[1:]] == ["1", "2"]
+        assert "epoch 2:" in (folder / "train.log").read_text()
+        training = json.loads((folder / "model" / "miscore.json").read_text())
+        assert sorted(training["training_cases"]) == sorted(fold["train"])
+        assert not set(fold["train"]) & set(fold["test"])
+        for case in fold["test"]:
+            prediction = folder / "predictions" / f"{case}.nii.gz"
+            truth = nib.load(cv / "data" / "labelsTr" / f"{case}.nii.gz")
+            written = nib.load(prediction)
+            assert written.shape == truth.shape
+            np.testing.assert_allclose(written.affine, truth.affine, atol=1e-4)
+            assert fold["predictions"][case] == f"fold_{i}/predictions/{case}.nii.gz"
+
+
+def test_each_overlay_gif_has_one_frame_per_slice(cv: Path) -> None:
+    gifs = sorted((cv / "cv").glob("fold_*/overlays/*.gif"))
+    assert [g.stem for g in sorted(gifs, key=lambda g: g.stem)] == CASES
+    for gif in gifs:
+        with Image.open(gif) as image:
+            assert getattr(image, "n_frames", 1) == 32  # the last axis of a 32^3 case
+
+
+def test_metrics_tsv_has_one_row_per_test_case_and_class(cv: Path) -> None:
+    with (cv / "cv" / "metrics.tsv").open() as file:
+        rows = list(csv.DictReader(file, delimiter="\t"))
+    assert len(rows) == 6 * 2  # 6 test cases x classes 1 and 2
+    assert sorted((r["case"], r["class"]) for r in rows) == [
+        (c, k) for c in CASES for k in ("1", "2")
+    ]
+    report = json.loads((cv / "cv" / "report.json").read_text())
+    fold_of = {c: f"fold_{f['index']}" for f in report["folds"] for c in f["test"]}
+    assert all(r["fold"] == fold_of[r["case"]] for r in rows)
+    dice = np.array([float(r["dice"]) for r in rows if r["class"] == "1"])
+    assert np.all((dice >= 0) & (dice <= 1))
+    summary = {
+        (s["class"], s["metric"]): s for s in csv.DictReader(
+            (cv / "cv" / "summary.tsv").open(), delimiter="\t"
+        )
+    }  # fmt: skip
+    assert float(summary[("1", "dice")]["mean"]) == pytest.approx(dice.mean(), abs=1e-5)
+    assert summary[("1", "dice")]["n"] == "6"
+
+
+def test_splits_json_round_trips_through_splits(cv: Path) -> None:
+    result = run_cli(
+        "cv", "config.yaml", "--data", "data", "--splits", "cv/splits.json",
+        "--only-splits", "--out", "again", cwd=cv,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    first = json.loads((cv / "cv" / "splits.json").read_text())
+    again = json.loads((cv / "again" / "splits.json").read_text())
+    assert again["folds"] == first["folds"]
+    assert (
+        again["evaluator"] == first["evaluator"] == {"name": "kfold", "folds": 3, "shuffle": True}
+    )
+
+
+def test_rerunning_into_a_finished_folder_is_refused(cv: Path) -> None:
+    result = run_cli("cv", "config.yaml", "--data", "data", "--out", "cv", cwd=cv)
+    line = assert_one_line_error(result)
+    assert "already holds a cross-validation; use --resume" in line
+
+
+def test_predict_with_the_cv_folder_averages_the_folds(cv: Path) -> None:
+    image = cv / "data" / "imagesTr" / "case_000_0000.nii.gz"
+    result = run_cli("predict", "cv", image, "--out", "ensemble", cwd=cv)
+    assert result.returncode == 0, result.stderr
+    written = nib.load(cv / "ensemble" / "case_000.nii.gz")
+    source = nib.load(image)
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-4)
+
+    from miscore import PluginManager
+    from miscore.dataset import Dataset
+    from miscore.inference import EnsemblePredictor, load_model
+
+    plugins = PluginManager()
+    ensemble = load_model(cv / "cv", plugins)
+    assert isinstance(ensemble, EnsemblePredictor)
+    assert [m.model_dir for m in ensemble.members] == [
+        cv / "cv" / f"fold_{i}" / "model" for i in range(3)
+    ]
+    case = Dataset.discover(cv / "data", plugins.registry).load("case_000", label=False)
+    label, probs = ensemble.predict_case(case, with_probabilities=True)
+    assert probs is not None
+    each = []
+    for member in ensemble.members:
+        _, member_probs = member.predict_case(case, with_probabilities=True)
+        assert member_probs is not None
+        each.append(member_probs.array)
+    mean = np.mean(each, axis=0)
+    np.testing.assert_allclose(probs.array, mean, atol=1e-5)
+    np.testing.assert_array_equal(label.array[..., 0], np.argmax(probs.array, axis=-1))
+    np.testing.assert_array_equal(np.asarray(written.dataobj), label.array[..., 0])
