@@ -133,7 +133,13 @@ def labels_from_scores(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray
         binary: np.ndarray = (scores[..., 0] > threshold).astype(np.uint8)[..., None]
         return binary
     n = scores.shape[-1]
-    classes: np.ndarray = np.argmax(scores, axis=-1).astype(label_dtype(n - 1))[..., None]
+    classes: np.ndarray = np.empty((*scores.shape[:-1], 1), label_dtype(n - 1))
+    # argmax in slabs along axis 0: its int64 result for a whole volume would take 8 bytes
+    # per voxel (800 MB for 512x512x400), more than the label map it becomes.
+    per_row = max(1, int(np.prod(scores.shape[1:])))
+    step = max(1, (1 << 22) // per_row)
+    for start in range(0, scores.shape[0], step):
+        classes[start : start + step, ..., 0] = np.argmax(scores[start : start + step], axis=-1)
     return classes
 
 
