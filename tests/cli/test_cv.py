@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -24,6 +25,11 @@ training: {epochs: 2, batch_size: 2, learning_rate: 0.003}
 cache: {path: cache}
 """
 CASES = [f"case_{i:03d}" for i in range(6)]
+
+
+def load_nifti(path: Path) -> Any:
+    """A NIfTI image (``shape``, ``affine``, ``dataobj``)."""
+    return nib.load(path)
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +71,8 @@ def test_every_artefact_is_written(cv: Path) -> None:
         assert not set(fold["train"]) & set(fold["test"])
         for case in fold["test"]:
             prediction = folder / "predictions" / f"{case}.nii.gz"
-            truth = nib.load(cv / "data" / "labelsTr" / f"{case}.nii.gz")
-            written = nib.load(prediction)
+            truth = load_nifti(cv / "data" / "labelsTr" / f"{case}.nii.gz")
+            written = load_nifti(prediction)
             assert written.shape == truth.shape
             np.testing.assert_allclose(written.affine, truth.affine, atol=1e-4)
             assert fold["predictions"][case] == f"fold_{i}/predictions/{case}.nii.gz"
@@ -125,8 +131,8 @@ def test_predict_with_the_cv_folder_averages_the_folds(cv: Path) -> None:
     image = cv / "data" / "imagesTr" / "case_000_0000.nii.gz"
     result = run_cli("predict", "cv", image, "--out", "ensemble", cwd=cv)
     assert result.returncode == 0, result.stderr
-    written = nib.load(cv / "ensemble" / "case_000.nii.gz")
-    source = nib.load(image)
+    written = load_nifti(cv / "ensemble" / "case_000.nii.gz")
+    source = load_nifti(image)
     assert written.shape == source.shape
     np.testing.assert_allclose(written.affine, source.affine, atol=1e-4)
 
