@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import nox
 
@@ -43,7 +44,31 @@ def demo(session: nox.Session) -> None:
     session.run("miscore", "demo", *(session.posargs or ["--out", "demo-out"]))
 
 
+#: The peers' versions the figures in docs/benchmarks.md were measured with. torch is pinned
+#: to a CPU build: a bare ``torch`` would pull a multi-GB CUDA build.
+PEERS = ("torch==2.13.0", "monai==1.6.1", "batchgenerators==0.25.5")
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Our benchmarks (no peers)."""
-    session.error("the benchmarks are not built yet (tracked in the issue 'Benchmarks ...')")
+    """Our benchmarks (no peers): figures in benchmarks/results, a table on stdout."""
+    session.install(".")
+    session.run(
+        "python", "benchmarks/run_all.py", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
+
+
+@nox.session(name="bench-peers")
+def bench_peers(session: nox.Session) -> None:
+    """Ours against MONAI and batchgenerators, installed only in this session's venv."""
+    session.install(".", *PEERS)
+    python = str(Path(session.bin) / "python")
+    session.run(
+        "python",
+        "benchmarks/run_all.py",
+        "--peers",
+        "--peers-python",
+        python,
+        *session.posargs,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
