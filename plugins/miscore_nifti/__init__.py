@@ -88,6 +88,19 @@ def _scaling(slope: Any, inter: Any) -> tuple[float | None, float | None]:
     return float(slope), inter
 
 
+def _load(nib: Any, path: Path) -> Any:
+    """Load a NIfTI file; a ``.gz`` one is decompressed whole so that its CRC is checked
+    (nibabel stops reading at the end of the data and never sees a damaged stream's CRC)."""
+    if not path.name.lower().endswith(".gz"):
+        return nib.load(str(path), mmap=False)
+    import gzip
+
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    n2 = data[:4] in (b"\x1c\x02\x00\x00", b"\x00\x00\x02\x1c")  # sizeof_hdr 540
+    return (nib.Nifti2Image if n2 else nib.Nifti1Image).from_bytes(data)
+
+
 def _to_channels_last(array: npt.NDArray[Any], path: Path) -> npt.NDArray[Any]:
     """File axes (x, y, z[, t or 1, c]) -> ``(x, y, z, C)``."""
     if array.ndim == 2:  # a single slice stored as 2D: keep it 3D with one slice
@@ -117,7 +130,7 @@ class NiftiIO(ImageIO):
         if not path.is_file():
             raise InputError(f"{path}: no such file")
         try:
-            img = nib.load(str(path), mmap=False)
+            img = _load(nib, path)
             header = img.header
             raw = np.asanyarray(img.dataobj.get_unscaled())
         except Exception as exc:
