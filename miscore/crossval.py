@@ -307,13 +307,14 @@ def _split(
 
 
 class _FoldLog:
-    """Passes log lines on and keeps them in ``train.log`` (rewritten atomically)."""
+    """Passes log lines on and keeps them in ``train.log`` (rewritten atomically; a resumed
+    run adds to the lines already there)."""
 
     def __init__(self, path: Path, prefix: str, log: Callable[[str], None]) -> None:
         self.path = path
         self.prefix = prefix
         self.log = log
-        self.lines: list[str] = []
+        self.lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
 
     def __call__(self, message: str) -> None:
         self.lines.append(message)

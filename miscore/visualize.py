@@ -252,6 +252,7 @@ def fold_curves_figure(histories: Mapping[str, Sequence[Mapping[str, float]]], n
     """A matplotlib ``Figure`` of metric ``name`` against the epoch, a line per fold (and a
     dashed one per fold for ``val_<name>`` when logged)."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(6, 4))
     ax = figure.add_subplot()
@@ -263,6 +264,7 @@ def fold_curves_figure(histories: Mapping[str, Sequence[Mapping[str, float]]], n
                 values = [row.get(key, np.nan) for row in rows]
                 ax.plot(epochs, values, style, color=colour, label=label, marker=".")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(name)
     ax.set_title(f"{name} per fold")
     ax.grid(alpha=0.3)
