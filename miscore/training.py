@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,9 +89,8 @@ def build_optimizer(config: Config) -> Any:
     return optimizers[training.optimizer](learning_rate=training.learning_rate)
 
 
-def distribution_scope(config: Config) -> Any:
-    """A ``MirroredStrategy`` scope when several GPUs (or the configured devices) are there."""
-
+def distribution_strategy(config: Config) -> Any:
+    """A ``MirroredStrategy`` when several GPUs (or the configured devices) are there."""
     import tensorflow as tf
 
     devices = config.training.devices
@@ -99,8 +98,29 @@ def distribution_scope(config: Config) -> Any:
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] if len(gpus) > 1 else None
     if config.training.distribute == "none" or not devices or len(devices) < 2:
-        return contextlib.nullcontext()
-    return tf.distribute.MirroredStrategy(devices=devices).scope()
+        return None
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+@contextlib.contextmanager
+def precision_policy(config: Config) -> Iterator[None]:
+    """``training.mixed_precision``: 16-bit compute, float32 weights, while building.
+
+    float16 on GPUs (tensor cores); bfloat16 on CPUs, where TensorFlow lacks float16 kernels
+    for 3D pooling."""
+    if not config.training.mixed_precision:
+        yield
+        return
+    import keras
+    import tensorflow as tf
+
+    previous = keras.config.dtype_policy()
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    keras.config.set_dtype_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def compile_model(
@@ -256,6 +276,13 @@ def fit_model(
     best: float | None = None
     initial_epoch = 0
     keras.utils.set_random_seed(config.training.seed)
+    strategy = distribution_strategy(config)
+    if strategy is not None:
+        log(f"distributing over {strategy.num_replicas_in_sync} devices (MirroredStrategy)")
+
+    def distribution_scope(config: Config) -> Any:
+        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+
     registry = plugins.registry
     objects: dict[str, Any] = {}
     architecture = registry.create("architecture", config.model.architecture, "model.architecture")
@@ -268,7 +295,7 @@ def fit_model(
         initial_epoch = int(state["epoch"])
         best = state.get("best")
         history = [r for r in read_history(folder.history_file) if r["epoch"] <= initial_epoch]
-        with distribution_scope(config):
+        with distribution_scope(config), precision_policy(config):
             # compile=True restores the optimizer with its state, and the loss
             model = load_keras_model(folder.last_checkpoint, objects, compile=True)
             if getattr(model, "optimizer", None) is None:
@@ -282,7 +309,7 @@ def fit_model(
                 f"{model_dir}: already holds a model; use --resume to continue it or "
                 "choose another output folder"
             )
-        with distribution_scope(config):
+        with distribution_scope(config), precision_policy(config):
             model = architecture.build(info.input_shape, info.n_classes)
             compile_model(model, config, plugins, info.n_classes)
     if initial_epoch >= total:
