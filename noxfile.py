@@ -30,9 +30,10 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Regenerate the reference pages (hooks, config schema) from the code."""
-    session.install(".")
+    """Regenerate the reference pages from the code, then build the site into site/."""
+    session.install(".", "mkdocs")  # the built-in theme: the build needs no network
     session.run("python", "docs/generate.py")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 
 @nox.session
