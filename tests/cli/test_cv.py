@@ -158,3 +158,16 @@ def test_predict_with_the_cv_folder_averages_the_folds(cv: Path) -> None:
     np.testing.assert_allclose(probs.array, mean, atol=1e-5)
     np.testing.assert_array_equal(label.array[..., 0], np.argmax(probs.array, axis=-1))
     np.testing.assert_array_equal(np.asarray(written.dataobj), label.array[..., 0])
+
+
+def test_resume_keeps_the_finished_folds(cv: Path) -> None:
+    # last in the module: it rewrites the reports (to the same values) but no model
+    before = (cv / "cv" / "fold_0" / "model" / "model.keras").stat().st_mtime_ns
+    result = run_cli("cv", "config.yaml", "--data", "data", "--out", "cv", "--resume", cwd=cv)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("already trained for 2 epochs") == 3
+    assert (cv / "cv" / "fold_0" / "model" / "model.keras").stat().st_mtime_ns == before
+    log = (cv / "cv" / "fold_0" / "train.log").read_text()
+    assert "epoch 2:" in log and "already trained for 2 epochs" in log
+    rows = (cv / "cv" / "metrics.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 12
