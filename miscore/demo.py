@@ -36,7 +36,7 @@ class DemoSize:
     batch_size: int
 
 
-FULL = DemoSize(12, 4, (48, 48, 48), (32, 32, 32), filters=8, depth=3, epochs=150, batch_size=2)
+FULL = DemoSize(12, 4, (48, 48, 48), (32, 32, 32), filters=8, depth=3, epochs=200, batch_size=2)
 QUICK = DemoSize(4, 2, (32, 32, 32), (32, 32, 32), filters=4, depth=2, epochs=3, batch_size=2)
 CLASSES = 3
 AUGMENTATION = [
@@ -100,6 +100,9 @@ def run_demo(
     why = "the demo's size: under 10 minutes on 2 CPU cores"
     config.patching.patch_shape = list(size.patch)
     config.patching.samples_per_case = 1
+    config.patching.foreground_ratio = 0.5
+    config.inference.tta = True
+    config.inference.keep_largest = True
     config.model.architecture = ComponentSpec.model_validate(
         {"name": "unet", "filters": size.filters, "depth": size.depth}
     )
@@ -114,6 +117,9 @@ def run_demo(
         plan.reasons[field] = why
     plan.reasons["training.learning_rate"] = "small network, few steps: a higher rate"
     plan.reasons["model.loss"] = "Tversky (alpha 0.3, beta 0.7): MIScnn's default"
+    plan.reasons["patching.foreground_ratio"] = "half the patches on a phantom's organ or tumour"
+    plan.reasons["inference.tta"] = "mirroring at test time: cheap at this size"
+    plan.reasons["inference.keep_largest"] = "one organ and one tumour per phantom"
     plan.reasons["augmentation"] = "flips, small rotations and scaling, intensity changes"
     config_path = out / "config.yaml"
     write_text_atomic(config_path, plan.to_yaml())

@@ -240,6 +240,44 @@ def make_recorder(
     return EpochRecorder()
 
 
+def make_progress(steps: int, total_epochs: int) -> Any:
+    """A rich progress bar of the steps of each epoch (only for a terminal)."""
+    import keras
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    class StepProgress(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                transient=True,
+            )
+            self.task: Any = None
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.bar.start()
+            self.task = self.bar.add_task(
+                f"epoch {epoch + 1}/{total_epochs}", total=steps, loss="-"
+            )
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            loss = (logs or {}).get("loss")
+            shown = f"{float(loss):.4g}" if loss is not None else "-"
+            self.bar.update(self.task, advance=1, loss=shown)
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.bar.remove_task(self.task)
+            self.bar.stop()
+
+        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+            self.bar.stop()
+
+    return StepProgress()
+
+
 # --- the fit ------------------------------------------------------------------------------
 
 
@@ -254,6 +292,7 @@ def fit_model(
     epochs: int | None = None,
     resume: bool = False,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    progress: bool = False,
 ) -> TrainResult:
     """Build (or resume) the model and fit it on ``loader``'s batches.
 
@@ -318,6 +357,8 @@ def fit_model(
 
     folder.write_metadata(config, info)
     callbacks: list[Any] = [make_recorder(folder, plugins, history, monitor, best, log)]
+    if progress:
+        callbacks.append(make_progress(loader.steps_per_epoch, total))
     if config.training.reduce_lr_patience:
         callbacks.append(
             keras.callbacks.ReduceLROnPlateau(
@@ -430,6 +471,7 @@ def train(
     local_plugins: Sequence[str] = (),
     case_ids: Sequence[str] | None = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    progress: bool = False,
 ) -> TrainResult:
     """Train a model on the labelled cases of ``data`` and write the model folder ``out``.
 
@@ -444,6 +486,7 @@ def train(
         local_plugins: ``--plugin`` modules, handed to worker processes.
         case_ids: train on these labelled cases only (a cross-validation fold); None: all.
         log: where progress lines go.
+        progress: show a progress bar of each epoch's steps (for a terminal).
     """
     from miscore.cache import CaseCache, open_cache
     from miscore.config import check_components
@@ -502,7 +545,16 @@ def train(
         f"{loader.steps_per_epoch} steps of {config.training.batch_size} per epoch"
     )
     return fit_model(
-        config, plugins, loader, validation, Path(out), info, epochs=epochs, resume=resume, log=log
+        config,
+        plugins,
+        loader,
+        validation,
+        Path(out),
+        info,
+        epochs=epochs,
+        resume=resume,
+        log=log,
+        progress=progress,
     )
 
 

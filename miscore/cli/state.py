@@ -23,6 +23,11 @@ class CliState:
     #: the ``--plugin`` / ``MISCORE_PLUGINS`` modules, for worker processes to load again
     local_plugins: tuple[str, ...] = ()
 
+    @property
+    def interactive(self) -> bool:
+        """Progress bars: only for a person at a terminal, never with ``--quiet``."""
+        return not self.quiet and sys.stderr.isatty()
+
     def log(self, message: str) -> None:
         """A progress line for people: stderr, silenced by ``--quiet``."""
         if not self.quiet:

@@ -53,6 +53,7 @@ def train(
         cache=cache,
         local_plugins=cli.local_plugins,
         log=cli.log,
+        progress=cli.interactive,
     )
     best = f", best {result.monitor} {result.best:.4g}" if result.best is not None else ""
     print(f"model: {result.model_dir} ({result.epochs} epochs{best})")
