@@ -397,6 +397,20 @@ def _input_id(io: ImageIO, path: Path) -> str:
     return check_case_id(case_id)
 
 
+#: ``--format`` names that stand for an IO with params
+WRITER_ALIASES: dict[str, dict[str, str]] = {
+    "dicom-seg": {"name": "dicom", "output": "dicom-seg"},
+}
+
+
+def writer_io(name: str, plugins: PluginManager) -> ImageIO:
+    """The IO that ``--format NAME`` writes with (an IO name, or an alias like dicom-seg)."""
+    spec: str | dict[str, str] = WRITER_ALIASES.get(name, name)
+    io = plugins.registry.create("io", spec, "--format")
+    assert isinstance(io, ImageIO)
+    return io
+
+
 def predict(
     model_dir: Path | str,
     inputs: Sequence[Path | str],
@@ -434,7 +448,7 @@ def predict(
         label, probs = predictor.predict_case(
             case, overlap=overlap, blend=blend, tta=tta, with_probabilities=with_probabilities
         )
-        io = plugins.registry.get_io(writer)() if writer else item.io
+        io = writer_io(writer, plugins) if writer else item.io
         target = out / f"{item.id}{io.write_suffix}"
         path = io.write(label, target, reference=case.image)
         if probs is not None:

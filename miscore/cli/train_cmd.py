@@ -82,7 +82,11 @@ def predict(
     ] = False,
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="Write with this IO (e.g. nifti); default: the input's."),
+        typer.Option(
+            "--format",
+            help="Write with this IO (e.g. nifti, or dicom-seg for DICOM input); "
+            "default: the input's own format.",
+        ),
     ] = None,
 ) -> None:
     """Predict label maps with a trained model; each is written with its input's geometry."""

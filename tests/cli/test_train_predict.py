@@ -173,3 +173,37 @@ def test_training_into_a_used_folder_without_resume_is_refused(trained: Path) ->
     result = run_cli("train", "config.yaml", "--data", "data", "--out", "model", cwd=trained)
     line = assert_one_line_error(result)
     assert "already holds a model" in line
+
+
+def test_dicom_series_input_keeps_the_dicom_geometry_and_can_be_written_as_seg(
+    trained: Path,
+) -> None:
+    import miscore
+
+    result = run_cli(
+        "synth", "dicom", "--cases", "1", "--shape", "32", "32", "32", "--classes", "2",
+        "--seed", "5", "--format", "dicom", "--layout", "cases", "--oblique", cwd=trained,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    series = trained / "dicom" / "case_000" / "imaging"
+    assert series.is_dir()
+    registry = miscore.PluginManager().registry
+    dicom = registry.get_io("dicom")()
+    image = dicom.read(series)
+
+    result = run_cli("predict", "model", series, "--out", "pred_dicom", cwd=trained)
+    assert result.returncode == 0, result.stderr
+    [written] = list((trained / "pred_dicom").iterdir())
+    prediction = nib.load(written)
+    assert prediction.shape == image.spatial_shape
+    np.testing.assert_allclose(prediction.affine, image.affine, atol=1e-4)
+
+    result = run_cli(
+        "predict", "model", series, "--out", "pred_seg", "--format", "dicom-seg", cwd=trained
+    )
+    assert result.returncode == 0, result.stderr
+    [seg] = list((trained / "pred_seg").iterdir())
+    assert seg.suffix == ".dcm"
+    back = dicom.read_label(seg, image)
+    assert back.spatial_shape == image.spatial_shape
+    np.testing.assert_array_equal(back.array[..., 0], np.asarray(prediction.dataobj))
