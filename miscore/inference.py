@@ -78,16 +78,23 @@ class SlidingWindow:
     def _model_patch(self, patch: np.ndarray) -> np.ndarray:
         return patch if self.slice_axis is None else np.squeeze(patch, self.slice_axis)
 
+    def _model_probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """The model's class probabilities; one sigmoid channel p becomes (1 - p, p), so
+        blended scores of binary and multi-class models read the same way."""
+        out = np.asarray(self.predict_batch(batch), dtype=np.float32)
+        if out.shape[-1] == 1:
+            out = np.concatenate([1.0 - out, out], axis=-1)
+        return out
+
     def _predict(self, patches: list[np.ndarray]) -> list[np.ndarray]:
         """Probabilities for each window, mean over the TTA transforms."""
         inputs = [self._model_patch(p) for p in patches]
         if not self.tta:
-            out = np.asarray(self.predict_batch(np.stack(inputs)), dtype=np.float32)
-            return list(out)
+            return list(self._model_probabilities(np.stack(inputs)))
         total: list[np.ndarray] | None = None
         for transform in self.tta:
             moved = np.stack([np.ascontiguousarray(transform.forward(p)) for p in inputs])
-            out = np.asarray(self.predict_batch(moved), dtype=np.float32)
+            out = self._model_probabilities(moved)
             back = [transform.inverse(o) for o in out]
             total = back if total is None else [t + b for t, b in zip(total, back, strict=True)]
         assert total is not None
@@ -128,9 +135,11 @@ def _chunks(items: Sequence[Window], size: int) -> Iterator[list[Window]]:
 
 
 def labels_from_scores(scores: np.ndarray, threshold: float = 0.5) -> np.ndarray:
-    """Class ids ``(*spatial, 1)``: argmax, or a threshold for one sigmoid channel."""
-    if scores.shape[-1] == 1:
-        binary: np.ndarray = (scores[..., 0] > threshold).astype(np.uint8)[..., None]
+    """Class ids ``(*spatial, 1)``: the argmax; for two classes, foreground where its share
+    of the blended scores exceeds ``threshold`` (0.5 is the argmax)."""
+    if scores.shape[-1] == 2 and threshold != 0.5:
+        share = probabilities(scores)[..., 1]
+        binary: np.ndarray = (share > threshold).astype(np.uint8)[..., None]
         return binary
     n = scores.shape[-1]
     classes: np.ndarray = np.empty((*scores.shape[:-1], 1), label_dtype(n - 1))
