@@ -105,17 +105,27 @@ class ModelConfig(Section):
 class TrainingConfig(Section):
     """The fit loop."""
 
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(2, ge=1)
+    epochs: int = Field(50, ge=1, description="passes of steps_per_epoch batches")
+    batch_size: int = Field(2, ge=1, description="patches per training step")
     steps_per_epoch: int | None = Field(None, ge=1, description="None: one pass over the cases")
-    learning_rate: float = Field(1e-3, gt=0)
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
-    validation_split: float = Field(0.0, ge=0.0, lt=1.0)
-    validation_cases: list[str] | None = None
+    learning_rate: float = Field(1e-3, gt=0, description="the optimizer's initial rate")
+    optimizer: Literal["adam", "adamw", "sgd"] = Field(
+        "adam", description="adam, adamw, or sgd with momentum 0.99"
+    )
+    validation_split: float = Field(
+        0.0, ge=0.0, lt=1.0, description="share of labelled cases held out (seeded) to validate"
+    )
+    validation_cases: list[str] | None = Field(
+        None, description="case ids to validate on (instead of validation_split)"
+    )
     seed: int = Field(0, description="seed of every random choice in training")
     early_stopping: int | None = Field(None, ge=1, description="patience in epochs; None: off")
-    reduce_lr_patience: int | None = Field(None, ge=1, description="None: off")
-    mixed_precision: bool = False
+    reduce_lr_patience: int | None = Field(
+        None, ge=1, description="halve the rate after this many epochs without progress; None: off"
+    )
+    mixed_precision: bool = Field(
+        False, description="16-bit compute (float16 on GPU, bfloat16 on CPU), float32 weights"
+    )
     workers: int = Field(1, ge=1, description="processes that sample and augment patches")
     distribute: Literal["auto", "none", "mirrored"] = Field(
         "auto", description="auto: MirroredStrategy when several GPUs are visible"
@@ -128,8 +138,12 @@ class TrainingConfig(Section):
 class InferenceConfig(Section):
     """Sliding-window prediction and postprocessing."""
 
-    overlap: float = Field(0.5, ge=0.0, lt=1.0)
-    blend: Literal["mean", "gaussian"] = "gaussian"
+    overlap: float = Field(
+        0.5, ge=0.0, lt=1.0, description="share of a window its neighbours overlap"
+    )
+    blend: Literal["mean", "gaussian"] = Field(
+        "gaussian", description="weigh window centres more (gaussian) or all voxels equally"
+    )
     tta: bool = Field(False, description="mirroring test-time augmentation")
     batch_size: int = Field(1, ge=1, description="windows predicted at once")
     keep_largest: bool = Field(False, description="keep the largest component of each class")
@@ -139,11 +153,13 @@ class InferenceConfig(Section):
 class CacheConfig(Section):
     """The zarr cache of preprocessed cases."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description="false: preprocess on the fly, nothing on disk")
     path: str | None = Field(
         None, description="store path or URL; --cache and MISCORE_CACHE_DIR override it"
     )
-    compression: Literal["zstd", "lz4", "none"] = "zstd"
+    compression: Literal["zstd", "lz4", "none"] = Field(
+        "zstd", description="Blosc codec: zstd is smaller, lz4 faster"
+    )
     float16: bool = Field(False, description="store images as float16 (half the size)")
     content_hash: bool = Field(False, description="key inputs by content, not path+size+mtime")
 
