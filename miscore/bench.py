@@ -63,6 +63,7 @@ class StageTiming(BaseModel):
     what: str = Field(description="what one timing covers")
     unit: str = Field(description="the unit of work: case, batch, sample, step or volume")
     median_s: float = Field(description="median seconds per unit")
+    mean_s: float = Field(description="mean seconds per unit (rare costly units count)")
     min_s: float = Field(description="fastest timing, seconds")
     repeats: int = Field(description="timings the median is taken over")
     peak_rss_mb: float = Field(description="peak resident memory of the process at the end")
@@ -182,6 +183,7 @@ class _Stages:
             what=what,
             unit=unit,
             median_s=float(np.median(values)),
+            mean_s=float(np.mean(values)),
             min_s=float(np.min(values)),
             repeats=len(times),
             peak_rss_mb=peak_rss_mb(),

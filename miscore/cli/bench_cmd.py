@@ -67,10 +67,11 @@ def bench(
         f"{'x'.join(map(str, report.patch_shape))}, {report.workers} loader worker(s); "
         f"median of {repeats}"
     )
-    typer.echo(f"{'stage':<18} {'median':>10} {'per':<7} {'peak RSS':>10}  what")
+    typer.echo(f"{'stage':<18} {'median':>10} {'mean':>10} {'per':<7} {'peak RSS':>10}  what")
     for stage in report.stages:
         typer.echo(
-            f"{stage.name:<18} {format_seconds(stage.median_s):>10} {stage.unit:<7} "
+            f"{stage.name:<18} {format_seconds(stage.median_s):>10} "
+            f"{format_seconds(stage.mean_s):>10} {stage.unit:<7} "
             f"{stage.peak_rss_mb:>7.0f} MB  {stage.what}"
         )
         if stage.name == "predict":

@@ -61,6 +61,7 @@ def test_json_report_has_every_stage_and_a_consistent_verdict(project: Path) -> 
         assert stage["repeats"] >= 2, stage
         assert stage["median_s"] > 0, stage
         assert stage["min_s"] <= stage["median_s"]
+        assert stage["min_s"] <= stage["mean_s"]
         assert stage["peak_rss_mb"] > 50  # TensorFlow alone is more
     assert report["cases"] == ["case_000", "case_001"]
     assert report["batch_size"] == 2
@@ -106,7 +107,8 @@ def test_missing_dataset_is_one_line(project: Path) -> None:
 
 def _stage(name: str, seconds: float) -> StageTiming:
     return StageTiming(
-        name=name, what=name, unit="batch", median_s=seconds, min_s=seconds, repeats=3,
+        name=name, what=name, unit="batch", median_s=seconds, mean_s=seconds, min_s=seconds,
+        repeats=3,
         peak_rss_mb=100.0,
     )  # fmt: skip
 
