@@ -432,12 +432,16 @@ def predict(
     with_probabilities: bool = False,
     writer: str | None = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    progress: bool = False,
 ) -> list[Path]:
     """Predict every input case and write the label maps into ``out``; returns the paths.
 
     Args:
         writer: an IO name to write with (e.g. ``nifti``); default the input's own IO.
+        progress: a progress bar over the cases (for a terminal).
     """
+    from miscore.progress import progress_bar
+
     predictor = load_model(model_dir, plugins)
     plugins = predictor.plugins
     out = Path(out)
@@ -452,17 +456,36 @@ def predict(
     if not os.access(out, os.W_OK | os.X_OK):
         raise InputError(f"{out}: the output folder is not writable; choose another with --out")
     written: list[Path] = []
-    for index, item in enumerate(cases, 1):
-        case = item.read()
-        label, probs = predictor.predict_case(
-            case, overlap=overlap, blend=blend, tta=tta, with_probabilities=with_probabilities
-        )
-        io = writer_io(writer, plugins) if writer else item.io
-        target = out / f"{item.id}{io.write_suffix}"
-        path = io.write(label, target, reference=case.image)
-        if probs is not None:
-            io.write(probs, out / f"{item.id}_probabilities{io.write_suffix}", reference=case.image)
-        plugins.prediction_written(case_id=item.id, path=path, prediction=label)
-        written.append(path)
-        log(f"[{index}/{len(cases)}] {item.id} -> {path}")
+    with progress_bar(len(cases), "predicting", progress) as advance:
+        for index, item in enumerate(cases, 1):
+            written.append(
+                _predict_one(predictor, item, out, overlap, blend, tta, with_probabilities, writer)
+            )
+            log(f"[{index}/{len(cases)}] {item.id} -> {written[-1]}")
+            advance()
     return written
+
+
+def _predict_one(
+    predictor: Predictor,
+    item: InputCase,
+    out: Path,
+    overlap: float | None,
+    blend: str | None,
+    tta: bool | None,
+    with_probabilities: bool,
+    writer: str | None,
+) -> Path:
+    """Predict one input case, write it (and its probabilities), call the hook."""
+    plugins = predictor.plugins
+    case = item.read()
+    label, probs = predictor.predict_case(
+        case, overlap=overlap, blend=blend, tta=tta, with_probabilities=with_probabilities
+    )
+    io = writer_io(writer, plugins) if writer else item.io
+    target = out / f"{item.id}{io.write_suffix}"
+    path = io.write(label, target, reference=case.image)
+    if probs is not None:
+        io.write(probs, out / f"{item.id}_probabilities{io.write_suffix}", reference=case.image)
+    plugins.prediction_written(case_id=item.id, path=path, prediction=label)
+    return path

@@ -514,7 +514,9 @@ def train(
         raise InputError(f"{data}: no labelled cases to train on")
     train_ids, val_ids = split_validation(ids, config)
     store = open_cache(config, cache)
-    cases = prepare_cases(config, plugins, dataset, ids, store, components["preprocessing"], log)
+    cases = prepare_cases(
+        config, plugins, dataset, ids, store, components["preprocessing"], log, progress
+    )
     by_id = {c.id: c for c in cases}
     check_cases(cases)
     from miscore.loader import PatchLoader
@@ -566,18 +568,22 @@ def prepare_cases(
     store: Any,
     steps: Sequence[Any],
     log: Callable[[str], None],
+    progress: bool = False,
 ) -> list[CachedCase]:
     """Each case preprocessed once into the cache (or served from it), keyed exactly as
     ``miscore cache build`` keys it."""
     from miscore.cache import cache_dataset_case
+    from miscore.progress import progress_bar
 
     cases = []
     hits = 0
     started = time.perf_counter()
-    for case_id in ids:
-        entry, hit = cache_dataset_case(store, dataset, case_id, steps, plugins, config)
-        cases.append(entry)
-        hits += hit
+    with progress_bar(len(ids), "preprocessing", progress) as advance:
+        for case_id in ids:
+            entry, hit = cache_dataset_case(store, dataset, case_id, steps, plugins, config)
+            cases.append(entry)
+            hits += hit
+            advance()
     seconds = time.perf_counter() - started
     log(
         f"cache: {hits} of {len(ids)} cases ready, {len(ids) - hits} preprocessed ({seconds:.1f} s)"

@@ -105,5 +105,6 @@ def predict(
         with_probabilities=probabilities,
         writer=fmt,
         log=cli.log,
+        progress=cli.interactive,
     )
     print(f"{len(written)} predictions in {out}")
