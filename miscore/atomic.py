@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from miscore.errors import InputError
+
 TEMP_PREFIX = ".miscore-tmp-"
 
 
@@ -26,7 +28,12 @@ def atomic_output(final: Path | str) -> Iterator[Path]:
     existing folder at ``final`` is replaced.
     """
     final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"{final}: cannot create its folder ({exc.strerror or exc}); choose another place"
+        ) from None
     temp = temporary_sibling(final)
     try:
         yield temp

@@ -162,7 +162,6 @@ class CacheSettings:
             "compression": self.compression,
             "image_dtype": "float16" if self.float16 else "float32",
             "content_hash": self.content_hash,
-            "chunks": None if self.chunks is None else list(self.chunks),
             "foreground_samples": self.foreground_samples,
             "seed": self.seed,
         }

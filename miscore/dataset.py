@@ -329,6 +329,16 @@ class _Finder:
                 )
             else:
                 single[stem] = path
+        # `subject_0001`, `subject_0002` without a `subject_0000` are cases, not channels
+        for case_id in [c for c, found in channels.items() if 0 not in found]:
+            for number, path in channels.pop(case_id).items():
+                stem = f"{case_id}_{number:04d}"
+                if stem in single:
+                    raise InputError(
+                        f"case id {stem!r} appears twice: {single[stem]} and {path}; "
+                        "rename or remove one"
+                    )
+                single[stem] = path
         label_files = {}
         label_folder = self.root / labels if labels is not None else None
         if label_folder is not None and label_folder.is_dir():

@@ -400,8 +400,8 @@ def _input_id(io: ImageIO, path: Path) -> str:
     from miscore.volume import check_case_id
 
     case_id = io.case_id(path)
-    # nnU-Net style single-channel files: case_0000.nii.gz -> case
-    if len(case_id) > 5 and case_id[-5] == "_" and case_id[-4:].isdigit():
+    # an nnU-Net channel file: case_0000.nii.gz -> case (other numbers are part of the name)
+    if case_id.endswith("_0000") and len(case_id) > 5:
         case_id = case_id[:-5]
     return check_case_id(case_id)
 
@@ -455,6 +455,8 @@ def predict(
         raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise InputError(f"{out}: the output folder is not writable; choose another with --out")
+    if writer is not None:
+        writer_io(writer, plugins)  # a wrong --format fails now, not after the first case
     written: list[Path] = []
     with progress_bar(len(cases), "predicting", progress) as advance:
         for index, item in enumerate(cases, 1):

@@ -271,7 +271,20 @@ class PluginManager:
     # --- typed hook calls ---------------------------------------------------------------
 
     def register_commands(self, app: typer.Typer) -> None:
-        self._pm.hook.miscore_register_commands(app=app)
+        """Let each plugin add commands; one that raises is recorded, not fatal, so that
+        ``miscore plugins`` can still show what is wrong."""
+        for impl in self._pm.hook.miscore_register_commands.get_hookimpls():
+            try:
+                impl.function(app=app)
+            except Exception as exc:
+                self._failures.append(
+                    PluginFailure(
+                        impl.plugin_name,
+                        "miscore_register_commands",
+                        f"{type(exc).__name__}: {exc}",
+                    )
+                )
+                self._registry = None
 
     def configure(self, config: Config) -> None:
         self._pm.hook.miscore_configure(config=config, registry=self.registry)

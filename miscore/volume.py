@@ -90,7 +90,7 @@ def check_case_id(case_id: str) -> str:
     """Return ``case_id`` when it is safe as a file name, else raise ``InputError``."""
     if (
         not isinstance(case_id, str)
-        or not CASE_ID_PATTERN.match(case_id)
+        or not CASE_ID_PATTERN.fullmatch(case_id)
         or case_id
         in {
             ".",

@@ -43,6 +43,8 @@ def find_pairs(
     from miscore.dataset import Dataset
 
     predictions = Dataset.discover(pred, registry, layout="files")
+    # `miscore predict --probabilities` writes <case>_probabilities beside the label maps
+    predictions.cases = [c for c in predictions.cases if not c.id.endswith("_probabilities")]
     truths = Dataset.discover(gt, registry, layout=layout)
     labels: dict[str, Path] = {}
     for case in truths.cases:

@@ -154,3 +154,22 @@ def test_unknown_command_is_a_usage_error() -> None:
     assert result.returncode == 2
     assert "No such command" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+BROKEN_COMMANDS = """
+import miscore
+
+
+@miscore.hookimpl
+def miscore_register_commands(app):
+    raise RuntimeError("boom")
+"""
+
+
+def test_a_plugin_whose_commands_raise_is_named_and_the_cli_still_works(tmp_path: Path) -> None:
+    plugin = tmp_path / "badcmd.py"
+    plugin.write_text(BROKEN_COMMANDS)
+    result = run_cli("--plugin", plugin, "plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    [failure] = json.loads(result.stdout)["failures"]
+    assert failure["plugin"] == "badcmd" and "boom" in failure["message"]

@@ -181,6 +181,21 @@ def test_files_layout_folder_and_single_file(registry: miscore.Registry, tmp_pat
     np.testing.assert_array_equal(one.load("p2").image.array[..., 0], image_array(2))
 
 
+def test_files_layout_numbered_names_are_cases_unless_a_0000_file_exists(
+    registry: miscore.Registry, tmp_path: Path
+) -> None:
+    numbered = tmp_path / "numbered"
+    save(numbered / "subject_0001.nii.gz", image_array(1))
+    save(numbered / "subject_0002.nii.gz", image_array(2))
+    assert Dataset.discover(numbered, registry).ids == ["subject_0001", "subject_0002"]
+    channels = tmp_path / "channels"
+    save(channels / "ct_0000.nii.gz", image_array(1))
+    save(channels / "ct_0001.nii.gz", image_array(2))
+    dataset = Dataset.discover(channels, registry)
+    assert dataset.ids == ["ct"]
+    assert dataset.load("ct").image.channels == 2
+
+
 def test_layout_override_and_forced_io(registry: miscore.Registry, tmp_path: Path) -> None:
     save(tmp_path / "imagesTr" / "a_0000.nii.gz", image_array(1))
     with pytest.raises(miscore.InputError, match="no cases found for layout 'cases'"):

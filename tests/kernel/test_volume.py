@@ -42,7 +42,7 @@ def test_invalid_volumes_are_refused(
         miscore.Volume(np.zeros(shape), affine)
 
 
-@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\\b", "../x", "case 1", "ç"])
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\\b", "../x", "case 1", "ç", "abc\n"])
 def test_unsafe_case_ids_are_refused(bad: str) -> None:
     with pytest.raises(miscore.InputError, match="case id"):
         miscore.check_case_id(bad)
@@ -100,3 +100,14 @@ def test_atomic_output_replaces_folders(tmp_path: Path) -> None:
         (temp / "new.dcm").write_text("y")
     assert sorted(p.name for p in final.iterdir()) == ["new.dcm"]
     assert [p.name for p in tmp_path.iterdir()] == ["series"]
+
+
+def test_atomic_output_names_a_folder_it_cannot_create(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    expected = r"file/sub/out.txt: cannot create its folder"
+    with (
+        pytest.raises(miscore.InputError, match=expected),
+        miscore.atomic_output(blocker / "sub" / "out.txt") as temp,
+    ):
+        temp.write_text("never")
