@@ -991,6 +991,12 @@ def open_cache(
     touches few chunks, and no chunk is much larger than what a patch needs.
     """
     patch = config.patching.patch_shape
+    if config.patching.mode == "slice" and patch is not None:
+        # in-plane patch of 3D volumes: one slice deep along the slice axis
+        patch = list(patch)
+        if len(patch) == 2:
+            patch.insert(config.patching.slice_axis, 1)
+        patch[config.patching.slice_axis] = 1
     if chunks is None and patch is not None:
         chunks = [min(DEFAULT_CHUNK[3], int(n)) for n in patch]
     settings = CacheSettings.from_config(

@@ -202,6 +202,9 @@ class Predictor:
         model_spatial = self.info.input_shape[:-1]
         patch = [int(n) for n in shape]
         if slice_axis is not None:
+            if None not in model_spatial:  # a fixed in-plane patch: tile each slice with it
+                patch = [int(n or 0) for n in model_spatial]
+                patch.insert(slice_axis, 1)
             patch[slice_axis] = 1
         elif patching.mode != "full" or None not in model_spatial:
             patch = [int(n or 0) for n in model_spatial]

@@ -203,7 +203,19 @@ class PatchLoader:
         )
 
     def _check_shapes(self) -> None:
-        if self.config.patching.mode != "full" or self.batch_size == 1:
+        patching = self.config.patching
+        if patching.mode == "slice" and patching.patch_shape is None:
+            axis = patching.slice_axis
+            planes = {
+                tuple(n for i, n in enumerate(c.spatial_shape) if i != axis) for c in self.cases
+            }
+            if len(planes) > 1:
+                raise InputError(
+                    f"patching.mode 'slice' without patch_shape needs one slice size; the "
+                    f"cases have {sorted(planes)}: set patching.patch_shape (in-plane) or add "
+                    "a resize/pad preprocessing step"
+                )
+        if patching.mode != "full" or self.batch_size == 1:
             return
         shapes = {c.spatial_shape for c in self.cases}
         if len(shapes) > 1:
@@ -303,6 +315,13 @@ class PatchLoader:
             samples += [Sample(index, _bounds(w), (0,)) for w in windows[:per_case]]
         if not samples:
             return None
+        sizes = {tuple(b - a for a, b in s.window) for s in samples}
+        if len(sizes) > 1:
+            raise InputError(
+                "validation patches of different shapes (patching.mode 'full' with cases of "
+                "different shapes): validate with patching.mode 'random', or add a resize/pad "
+                "preprocessing step"
+            )
         return maker.batch(samples)
 
     def close(self) -> None:

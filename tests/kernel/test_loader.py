@@ -128,3 +128,27 @@ def test_steps_per_epoch_beyond_one_pass_draws_fresh_samples(disk_cache: CaseCac
     assert len(plan) == 7 and all(len(batch) == 4 for batch in plan)
     windows = [(s.case, s.window) for batch in plan for s in batch]
     assert len(set(windows)) > 12  # more than one pass' worth of distinct windows
+
+
+def test_slice_mode_without_patch_shape_refuses_mixed_slice_sizes(
+    disk_cache: CaseCache,
+) -> None:
+    cfg = miscore.parse_config(
+        {"data": {"classes": 3}, "patching": {"mode": "slice"}, "training": {"batch_size": 2}}
+    )
+    with pytest.raises(miscore.InputError, match="one slice size"):
+        PatchLoader(cached_cases(disk_cache), cfg, [], 3)  # 24x20, 25x20, ... slices
+
+
+def test_slice_mode_with_an_in_plane_patch(disk_cache: CaseCache) -> None:
+    cfg = miscore.parse_config(
+        {
+            "data": {"classes": 3},
+            "patching": {"mode": "slice", "patch_shape": [16, 16], "samples_per_case": 2},
+            "training": {"batch_size": 2},
+        }
+    )
+    loader = PatchLoader(cached_cases(disk_cache), cfg, [], 3)
+    assert loader.patch_shape == (16, 16)
+    x, y = epoch(loader, 0)[0]
+    assert x.shape == (2, 16, 16, 1) and y.shape == (2, 16, 16, 3)
