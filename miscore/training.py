@@ -193,8 +193,13 @@ def make_recorder(
     monitor: str,
     best: float | None,
     log: Callable[[str], None],
+    schedules: dict[str, Any] | None = None,
 ) -> Any:
-    """The callback that logs, plots, checkpoints and calls the ``epoch_end`` hook."""
+    """The callback that logs, plots, checkpoints and calls the ``epoch_end`` hook.
+
+    ``schedules`` (early stopping, LR plateau) have their counters saved with the checkpoint,
+    so that ``--resume`` stops and lowers the rate when the uninterrupted run would have.
+    It must run after them (last in the callback list)."""
     import keras
 
     class EpochRecorder(keras.callbacks.Callback):  # type: ignore[misc]
@@ -230,7 +235,13 @@ def make_recorder(
                 save_keras_model(self.model, model_dir.model_file)
             model_dir.last_checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_keras_model(self.model, model_dir.last_checkpoint)
-            state = {"epoch": epoch + 1, "best": self.best, "monitor": monitor}
+            state: dict[str, Any] = {"epoch": epoch + 1, "best": self.best, "monitor": monitor}
+            for name, callback in (schedules or {}).items():
+                state[name] = {
+                    "wait": int(callback.wait),
+                    "best": float(callback.best),
+                    "stopped": bool(getattr(self.model, "stop_training", False)),
+                }
             write_text_atomic(model_dir.state_file, json.dumps(state) + "\n")
             seconds = time.perf_counter() - self.started
             shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
@@ -238,6 +249,24 @@ def make_recorder(
             plugins.epoch_end(epoch=epoch + 1, logs=values, model_dir=model_dir.path)
 
     return EpochRecorder()
+
+
+def resumable(callback_class: Any) -> Any:
+    """A Keras schedule callback (EarlyStopping, ReduceLROnPlateau) whose counters can be
+    restored from a checkpoint's state instead of starting again at zero."""
+
+    class Resumable(callback_class):  # type: ignore[misc]
+        def __init__(self, restored: dict[str, Any] | None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.restored = restored
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            super().on_train_begin(logs)
+            if self.restored:
+                self.wait = self.restored["wait"]
+                self.best = self.restored["best"]
+
+    return Resumable
 
 
 def make_progress(steps: int, total_epochs: int) -> Any:
@@ -329,8 +358,10 @@ def fit_model(
     if config.model.loss.name in registry.names("loss"):
         objects.update(registry.create("loss", config.model.loss).custom_objects())
 
+    saved: dict[str, Any] = {}
     if resume and folder.state_file.is_file():
         state = json.loads(folder.state_file.read_text(encoding="utf-8"))
+        saved = state
         initial_epoch = int(state["epoch"])
         best = state.get("best")
         history = [r for r in read_history(folder.history_file) if r["epoch"] <= initial_epoch]
@@ -356,19 +387,25 @@ def fit_model(
         return TrainResult(folder.path, history, initial_epoch, best, monitor)
 
     folder.write_metadata(config, info)
-    callbacks: list[Any] = [make_recorder(folder, plugins, history, monitor, best, log)]
-    if progress:
-        callbacks.append(make_progress(loader.steps_per_epoch, total))
+    schedules: dict[str, Any] = {}
     if config.training.reduce_lr_patience:
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, factor=0.5, patience=config.training.reduce_lr_patience
-            )
+        schedules["reduce_lr"] = resumable(keras.callbacks.ReduceLROnPlateau)(
+            saved.get("reduce_lr"),
+            monitor=monitor,
+            factor=0.5,
+            patience=config.training.reduce_lr_patience,
         )
     if config.training.early_stopping:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(monitor=monitor, patience=config.training.early_stopping)
+        schedules["early_stopping"] = resumable(keras.callbacks.EarlyStopping)(
+            saved.get("early_stopping"), monitor=monitor, patience=config.training.early_stopping
         )
+    if saved.get("early_stopping", {}).get("stopped"):
+        log(f"early stopping ended this run after epoch {initial_epoch}: nothing to resume")
+        return TrainResult(folder.path, history, initial_epoch, best, monitor)
+    callbacks: list[Any] = list(schedules.values())
+    if progress:
+        callbacks.append(make_progress(loader.steps_per_epoch, total))
+    callbacks.append(make_recorder(folder, plugins, history, monitor, best, log, schedules))
     steps = loader.steps_per_epoch
     batches: Any = loader.forever(initial_epoch)
     validation_data: Any = validation
@@ -395,7 +432,7 @@ def fit_model(
         save_keras_model(model, folder.model_file)
     info.epochs_trained = int(history[-1]["epoch"]) if history else initial_epoch
     folder.write_metadata(config, info)
-    recorder = callbacks[0]
+    recorder = callbacks[-1]
     return TrainResult(folder.path, history, info.epochs_trained, recorder.best, monitor)
 
 
