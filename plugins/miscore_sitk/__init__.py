@@ -88,6 +88,7 @@ class SimpleITKIO(ImageIO):
         path = Path(path)
         if not path.is_file():
             raise InputError(f"{path}: no such file")
+        _check_metaimage_header(path)
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as exc:
@@ -159,6 +160,30 @@ class SimpleITKIO(ImageIO):
                 # a .mhd header names its data file: keep that file beside the final name
                 _fix_mhd(temp, path)
         return path
+
+
+def _check_metaimage_header(path: Path) -> None:
+    """Refuse a MetaImage header whose NDims is not 1..4 before ITK sees it: ITK's MetaIO
+    loops forever on ``NDims = -1`` (found by fuzzing)."""
+    if not path.name.lower().endswith((".mha", ".mhd")):
+        return
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4096).decode("latin-1")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror}") from None
+    for line in head.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().lower() == "ndims":
+            try:
+                ndims = int(value.strip())
+            except ValueError:
+                ndims = 0
+            if not 1 <= ndims <= 4:
+                raise InputError(
+                    f"{path}: MetaImage header says NDims = {value.strip()!r}; expected 2, 3 or 4"
+                )
+            return
 
 
 def _fix_mhd(temp: Path, final: Path) -> None:
