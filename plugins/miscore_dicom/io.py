@@ -77,12 +77,19 @@ class DicomIO(miscore.ImageIO):
 
     def read(self, path: Path) -> miscore.Volume:
         """Read the chosen series of a folder, or one (multi-frame) DICOM file."""
-        return read_series(
-            Path(path),
-            series_uid=self.params.series_uid,
-            series_description=self.params.series_description,
-            tolerance=self.params.spacing_tolerance,
-        )
+        try:
+            return read_series(
+                Path(path),
+                series_uid=self.params.series_uid,
+                series_description=self.params.series_description,
+                tolerance=self.params.spacing_tolerance,
+            )
+        except miscore.MiscoreError:
+            raise
+        except Exception as exc:  # pydicom parses elements lazily: damage shows up on access
+            raise miscore.InputError(
+                f"{path}: damaged DICOM data ({type(exc).__name__}: {exc}); check the files"
+            ) from exc
 
     def read_label(
         self,

@@ -81,7 +81,8 @@ def _dcmread(path: Path, stop_before_pixels: bool, defer_size: int | None = None
         return pydicom.dcmread(path, **options)
     except InvalidDicomError as exc:
         cause: Exception = exc
-    except (OSError, ValueError, EOFError) as exc:
+    except Exception as exc:  # damaged files raise many kinds (NotImplementedError for a
+        # garbled VR, BytesLengthException, struct.error...), none of them the user's to read
         raise miscore.InputError(f"{path}: not a readable DICOM file ({exc})") from exc
     try:
         ds = pydicom.dcmread(path, force=True, **options)
