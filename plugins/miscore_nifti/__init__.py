@@ -139,7 +139,12 @@ class NiftiIO(ImageIO):
                 f"check that the file is complete and really NIfTI"
             ) from None
         raw_dtype = raw.dtype
-        meta = _header_meta(header, img.dataobj, raw_dtype, tuple(int(n) for n in raw.shape))
+        try:
+            meta = _header_meta(header, img.dataobj, raw_dtype, tuple(int(n) for n in raw.shape))
+        except Exception as exc:  # a header field nibabel cannot decode (unit, intent codes)
+            raise InputError(
+                f"{path}: damaged NIfTI header ({type(exc).__name__}: {exc}); check the file"
+            ) from None
         if raw.dtype.names is not None:  # RGB24/RGBA32: one channel per field
             array = np.stack([raw[f] for f in raw.dtype.names], axis=-1)
             if array.ndim > 4:
