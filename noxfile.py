@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -72,4 +73,20 @@ def bench_peers(session: nox.Session) -> None:
         python,
         *session.posargs,
         env={"TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+
+
+@nox.session
+def fuzz(session: nox.Session) -> None:
+    """The reliability tests with long fuzzing runs (MISCORE_FUZZ_EXAMPLES per reader)."""
+    session.install(".[dev]")
+    session.run(
+        "pytest",
+        "tests/reliability",
+        *session.posargs,
+        env={
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "MISCORE_FUZZ": "1",
+            "MISCORE_FUZZ_EXAMPLES": os.environ.get("MISCORE_FUZZ_EXAMPLES", "2000"),
+        },
     )
