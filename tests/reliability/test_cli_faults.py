@@ -387,3 +387,17 @@ def test_no_traceback_unless_debug(tmp_path: Path) -> None:
     debug = run_cli("--debug", "info", tmp_path / "fake.nii.gz")
     assert "Traceback" not in plain.stderr
     assert "Traceback" in debug.stderr and debug.returncode == 2
+
+
+def test_a_patch_larger_than_every_image_is_padded_not_refused(
+    reliability_root: Path, tmp_path: Path
+) -> None:
+    config = (reliability_root / "config.yaml").read_text().replace("[16, 16, 16]", "[24, 24, 24]")
+    (tmp_path / "config.yaml").write_text(config)
+    result = run_cli(
+        "-q", "train", tmp_path / "config.yaml", "--data", reliability_root / "data",
+        "--out", tmp_path / "model", "--cache", tmp_path / "cache",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    info = json.loads((tmp_path / "model" / "miscore.json").read_text())
+    assert info["input_shape"] == [24, 24, 24, 1]  # the 16^3 images were padded to 24^3
