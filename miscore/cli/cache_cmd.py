@@ -12,6 +12,7 @@ import typer
 
 from miscore.cli.state import print_json, state
 from miscore.errors import InputError, MiscoreError, PipelineError
+from miscore.progress import progress_bar
 
 if TYPE_CHECKING:
     from miscore.cache import CaseCache, CaseSource
@@ -204,17 +205,21 @@ def build(
     cli.log(f"cache {where}: {len(ids)} cases to check (shard {index}/{count})")
     results: list[tuple[str, bool, float, str, int]] = []
 
-    def report(result: tuple[str, bool, float, str, int]) -> None:
-        results.append(result)
-        case_id, hit, seconds, error, _code = result
-        status = f"failed: {error}" if error else ("cached" if hit else f"built in {seconds:.1f} s")
-        cli.log(f"[{len(results)}/{len(ids)}] {case_id}: {status}")
+    with progress_bar(len(ids), "preprocessing", cli.interactive) as advance:
 
-    if workers == 1 or len(ids) <= 1:
-        for case_id in ids:
-            report(job.build(case_id))
-    else:
-        _build_parallel(config, data, cache, cli.local_plugins, ids, workers, report)
+        def report(result: tuple[str, bool, float, str, int]) -> None:
+            results.append(result)
+            case_id, hit, seconds, error, _code = result
+            built = "cached" if hit else f"built in {seconds:.1f} s"
+            status = f"failed: {error}" if error else built
+            cli.log(f"[{len(results)}/{len(ids)}] {case_id}: {status}")
+            advance()
+
+        if workers == 1 or len(ids) <= 1:
+            for case_id in ids:
+                report(job.build(case_id))
+        else:
+            _build_parallel(config, data, cache, cli.local_plugins, ids, workers, report)
     failed = [(r[0], r[3]) for r in results if r[3]]
     hits = sum(1 for r in results if r[1])
     cli.log(f"built {len(results) - hits - len(failed)}, cached {hits}, failed {len(failed)}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -11,6 +11,7 @@ import typer
 
 from miscore.cli.state import CliState, print_json, state
 from miscore.errors import InputError
+from miscore.progress import progress_bar
 
 if TYPE_CHECKING:
     from miscore.dataset import Dataset
@@ -200,12 +201,14 @@ def evaluate(
     if unpredicted:
         cli.log(f"{len(unpredicted)} ground-truth case(s) have no prediction and are skipped")
 
-    def volumes() -> Iterator[tuple[str, Volume, Volume]]:
+    def volumes(advance: Callable[[], None]) -> Iterator[tuple[str, Volume, Volume]]:
         for i, pair in enumerate(pairs, start=1):
             cli.log(f"[{i}/{len(pairs)}] {pair.case_id}")
             yield (pair.case_id, *read_pair(pair, truths))
+            advance()
 
-    report = run_evaluation(volumes(), registry, metrics=specs, classes=class_ids)
+    with progress_bar(len(pairs), "evaluating", cli.interactive) as advance:
+        report = run_evaluation(volumes(advance), registry, metrics=specs, classes=class_ids)
     if out is not None:
         cli.log(f"wrote {report.write_tsv(out)}")
     if summary_out is not None:
