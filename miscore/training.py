@@ -216,9 +216,10 @@ def make_recorder(
             loss = values.get("loss")
             if loss is not None and not math.isfinite(loss):
                 # stop before the NaN weights overwrite the last good checkpoint
+                kept = f"epoch {epoch} is kept for --resume" if epoch else "nothing was saved"
                 raise PipelineError(
-                    f"epoch {epoch + 1}: the training loss is {loss}; the last good epoch is "
-                    "kept in the model folder; lower training.learning_rate or check the data"
+                    f"epoch {epoch + 1}: the training loss is {loss} ({kept}); lower "
+                    "training.learning_rate or check the data"
                 )
             with contextlib.suppress(AttributeError, TypeError, ValueError):
                 values["learning_rate"] = float(
