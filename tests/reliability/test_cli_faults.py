@@ -401,3 +401,26 @@ def test_a_patch_larger_than_every_image_is_padded_not_refused(
     assert result.returncode == 0, result.stderr
     info = json.loads((tmp_path / "model" / "miscore.json").read_text())
     assert info["input_shape"] == [24, 24, 24, 1]  # the 16^3 images were padded to 24^3
+
+
+def test_a_loss_that_becomes_nan_stops_training_with_exit_1(
+    reliability_root: Path, tmp_path: Path
+) -> None:
+    config = (
+        (reliability_root / "config.yaml")
+        .read_text()
+        .replace(
+            "training: {epochs: 1, batch_size: 2}",
+            "training: {epochs: 4, batch_size: 2, learning_rate: 1.0e+30, optimizer: sgd}",
+        )
+    )
+    (tmp_path / "config.yaml").write_text(config)
+    result = run_cli(
+        "-q", "train", tmp_path / "config.yaml", "--data", reliability_root / "data",
+        "--out", tmp_path / "model", "--cache", tmp_path / "cache",
+    )  # fmt: skip
+    line = assert_one_line_error(result, 1)
+    assert "the training loss is nan" in line and "training.learning_rate" in line
+    # no NaN epoch is recorded or checkpointed
+    history = tmp_path / "model" / "history.tsv"
+    assert not history.exists() or "nan" not in history.read_text()
