@@ -170,6 +170,12 @@ def load_keras_model(path: Path, objects: dict[str, Any], compile: bool = False)
 
     if not path.is_file():
         raise InputError(f"{path}: missing; the model folder is incomplete")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):  # Keras would say "file not found" for a damaged file
+        raise InputError(
+            f"{path}: cannot load the model: not a .keras file (damaged or truncated?)"
+        )
     try:
         return keras.models.load_model(
             path, custom_objects=objects, compile=compile, safe_mode=True

@@ -570,6 +570,10 @@ def train(
     )
     validation = loader.validation([by_id[i] for i in val_ids])
     channels = cases[0].channels
+    if config.data.channels is not None and channels != config.data.channels:
+        raise InputError(
+            f"data.channels is {config.data.channels} but the cases have {channels} channel(s)"
+        )
     info = ModelInfo(
         plugins=plugins.versions(),
         components=component_records(config, plugins),
