@@ -4,8 +4,9 @@
 label map on the case's own grid; ``predict(model_dir, inputs, out)`` writes one file per case
 with the input's IO plugin and geometry, so a prediction overlays its image in any viewer.
 
-Memory stays bounded: per-class sums are float32 (``inference.accumulate: float16`` halves
-them) and the final label map is uint8/uint16; no float64 copy of the whole output is made.
+Memory stays bounded: per-class sums are float32 (``SlidingWindow(accumulate=np.float16)``
+halves them; not a config option yet), the argmax runs in slabs, and the final label map is
+uint8/uint16; no float64 copy of the whole output is made.
 """
 
 from __future__ import annotations
