@@ -348,9 +348,7 @@ def fit_model(
     strategy = distribution_strategy(config)
     if strategy is not None:
         log(f"distributing over {strategy.num_replicas_in_sync} devices (MirroredStrategy)")
-
-    def distribution_scope(config: Config) -> Any:
-        return strategy.scope() if strategy is not None else contextlib.nullcontext()
+    scope: Any = strategy.scope() if strategy is not None else contextlib.nullcontext()
 
     registry = plugins.registry
     objects: dict[str, Any] = {}
@@ -366,7 +364,7 @@ def fit_model(
         initial_epoch = int(state["epoch"])
         best = state.get("best")
         history = [r for r in read_history(folder.history_file) if r["epoch"] <= initial_epoch]
-        with distribution_scope(config), precision_policy(config):
+        with scope, precision_policy(config):
             # compile=True restores the optimizer with its state, and the loss
             model = load_keras_model(folder.last_checkpoint, objects, compile=True)
             if getattr(model, "optimizer", None) is None:
@@ -380,7 +378,7 @@ def fit_model(
                 f"{model_dir}: already holds a model; use --resume to continue it or "
                 "choose another output folder"
             )
-        with distribution_scope(config), precision_policy(config):
+        with scope, precision_policy(config):
             model = architecture.build(info.input_shape, info.n_classes)
             compile_model(model, config, plugins, info.n_classes)
     if initial_epoch >= total:
