@@ -235,11 +235,10 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
     ``architecture`` and ``loss`` objects. Raises ``ConfigError``/``ComponentNotFoundError``
     with the field path.
     """
+    from miscore.preprocess import build_steps
+
     created: dict[str, Any] = {
-        "preprocessing": [
-            registry.create("subfunction", spec, f"preprocessing[{i}]")
-            for i, spec in enumerate(config.preprocessing)
-        ],
+        "preprocessing": build_steps(config.preprocessing, registry),
         "augmentation": [
             registry.create("augmentation", spec, f"augmentation[{i}]")
             for i, spec in enumerate(config.augmentation)
@@ -254,8 +253,6 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
             registry.get_io(config.data.io)
         except ComponentNotFoundError as exc:
             raise ComponentNotFoundError(f"data.io: {exc}") from None
-    for i, step in enumerate(created["preprocessing"]):
-        step.state_key = f"{i}.{step.name}"
     return created
 
 

@@ -45,6 +45,7 @@ from miscore.evaluate import (
     EvaluationRow,
     MetricSummary,
     read_folds_file,
+    read_report,
     summarize,
     write_folds,
 )
@@ -149,14 +150,7 @@ class CrossValidationReport(BaseModel):
     @classmethod
     def read_json(cls, path: Path | str) -> CrossValidationReport:
         """Read a ``report.json`` written by ``cross_validate``."""
-        path = Path(path)
-        try:
-            return cls.model_validate_json(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except ValidationError as exc:
-            message = exc.errors()[0]["msg"]
-            raise InputError(f"{path}: not a cross-validation report: {message}") from None
+        return read_report(cls, path, "a cross-validation report")
 
 
 class EnsembleManifest(BaseModel):

@@ -15,7 +15,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -99,6 +99,22 @@ class MetricSummary(BaseModel):
     n_nan: int = Field(description="cases whose value is NaN (one mask empty)")
 
 
+ReportT = TypeVar("ReportT", bound=BaseModel)
+
+
+def read_report(model: type[ReportT], path: Path | str, what: str) -> ReportT:
+    """Read a JSON report into ``model``; ``InputError`` naming the file when it is missing
+    or is not ``what``."""
+    path = Path(path)
+    try:
+        return model.model_validate_json(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except ValidationError as exc:
+        message = exc.errors()[0]["msg"]
+        raise InputError(f"{path}: not {what}: {message}") from None
+
+
 class EvaluationReport(BaseModel):
     """Every row of an evaluation, its summary, and what produced it."""
 
@@ -158,14 +174,7 @@ class EvaluationReport(BaseModel):
     @classmethod
     def read_json(cls, path: Path | str) -> EvaluationReport:
         """Read a report written by ``write_json``."""
-        path = Path(path)
-        try:
-            return cls.model_validate_json(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise InputError(f"{path}: no such file") from None
-        except ValidationError as exc:
-            message = exc.errors()[0]["msg"]
-            raise InputError(f"{path}: not an evaluation report: {message}") from None
+        return read_report(cls, path, "an evaluation report")
 
     def stats(self, class_id: int, metric: str) -> MetricSummary:
         """The summary of one metric for one class."""

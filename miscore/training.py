@@ -373,11 +373,8 @@ def fit_model(
     else:
         if resume:
             log(f"nothing to resume in {model_dir}: starting from epoch 1")
-        elif folder.model_file.exists() or folder.state_file.exists():
-            raise InputError(
-                f"{model_dir}: already holds a model; use --resume to continue it or "
-                "choose another output folder"
-            )
+        else:
+            refuse_used_folder(folder)
         with scope, precision_policy(config):
             model = architecture.build(info.input_shape, info.n_classes)
             compile_model(model, config, plugins, info.n_classes)
@@ -433,6 +430,15 @@ def fit_model(
     folder.write_metadata(config, info)
     recorder = callbacks[-1]
     return TrainResult(folder.path, history, info.epochs_trained, recorder.best, monitor)
+
+
+def refuse_used_folder(folder: ModelDir) -> None:
+    """A folder that already holds a trained model is only continued with ``--resume``."""
+    if folder.model_file.exists() or folder.state_file.exists():
+        raise InputError(
+            f"{folder.path}: already holds a model; use --resume to continue it or "
+            "choose another output folder"
+        )
 
 
 def component_records(config: Config, plugins: PluginManager) -> list[ComponentRecord]:
@@ -529,12 +535,8 @@ def train(
     from miscore.dataset import Dataset
     from miscore.plugins import PluginManager
 
-    folder = ModelDir(out)
-    if not resume and (folder.model_file.exists() or folder.state_file.exists()):
-        raise InputError(
-            f"{out}: already holds a model; use --resume to continue it or "
-            "choose another output folder"
-        )
+    if not resume:
+        refuse_used_folder(ModelDir(out))  # before the cache is built, not after
     plugins = plugins or PluginManager(local_plugins=local_plugins)
     registry = plugins.registry
     components = check_components(config, registry)
