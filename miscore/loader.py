@@ -25,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from miscore.augmenting import augment_sample
+from miscore.chunkread import window_reader
 from miscore.components import Augmentation
 from miscore.config import Config, PatchingConfig
 from miscore.errors import InputError
@@ -71,13 +72,15 @@ class BatchMaker:
         self.patching = patching
         self.augmentations = list(augmentations)
         self.n_classes = n_classes
+        # Local cache arrays are read by decoding their chunk files directly (chunkread.py).
+        self.images = [window_reader(c.image) for c in self.cases]
+        self.labels = [window_reader(c.label) for c in self.cases]
         self.spatial_augment = any(
             type(a).spatial_transform is not Augmentation.spatial_transform
             for a in self.augmentations
         )
 
     def sample(self, sample: Sample) -> Batch:
-        case = self.cases[sample.case]
         window = _as_window(sample.window)
         patch_shape = tuple(s.stop - s.start for s in window)
         region = window
@@ -86,8 +89,8 @@ class BatchMaker:
                 slice(s.start - m, s.stop + m)
                 for s, m in zip(window, self._margins(patch_shape), strict=True)
             )
-        image = extract_patch(case.image, region, 0.0)
-        label: npt.NDArray[Any] | None = extract_patch(case.label, region, 0)
+        image = extract_patch(self.images[sample.case], region, 0.0)
+        label: npt.NDArray[Any] | None = extract_patch(self.labels[sample.case], region, 0)
         if self.patching.mode == "slice":
             axis = self.patching.slice_axis
             image, label = np.squeeze(image, axis), np.squeeze(np.asarray(label), axis)
