@@ -16,6 +16,7 @@ compare them on every supported form).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,40 +25,63 @@ import numpy.typing as npt
 
 from miscore.errors import PipelineError
 
-__all__ = ["ChunkFileReader", "window_reader"]
+__all__ = ["ChunkFileReader", "ChunkedArray", "CompressedArray", "window_reader"]
 
 _REMEDY = "remove the cache entry (`miscore cache clear`) and run again"
 
 
-class ChunkFileReader:
-    """A read-only, sliceable view of a zarr v3 array in a local folder.
+class ChunkedArray:
+    """A read-only, sliceable array stored as compressed chunks; subclasses say where.
 
     Supports what ``miscore.patching.extract_patch`` asks: ``shape``, ``dtype`` and
-    ``reader[tuple of slices]`` with steps of 1 (trailing axes may be omitted). Other keys
-    go to the zarr array.
+    ``array[tuple of slices]`` with steps of 1 (trailing axes may be omitted), decoding only
+    the chunks the window touches. Other keys read the whole array first (``_other``).
     """
 
     def __init__(
         self,
-        array: Any,
-        folder: Path,
+        shape: tuple[int, ...],
         chunk_shape: tuple[int, ...],
         dtype: np.dtype[Any],
         fill_value: Any,
         blosc: bool,
     ) -> None:
-        self.array = array
-        self.folder = folder
-        self.chunk_shape = chunk_shape
-        self.shape = tuple(int(n) for n in array.shape)
-        self.dtype = dtype
-        self.fill_value = fill_value
+        self.shape = tuple(int(n) for n in shape)
+        self.chunk_shape = tuple(int(n) for n in chunk_shape)
+        self.dtype = np.dtype(dtype)
+        self.fill_value = np.asarray(fill_value, dtype=self.dtype)
         self._codec: Any = None
         if blosc:
             from numcodecs import Blosc
 
             self._codec = Blosc()  # decoding reads the codec settings from each chunk's header
-        self._chunk_bytes = int(np.prod(chunk_shape)) * dtype.itemsize
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def _raw(self, index: tuple[int, ...]) -> tuple[bytes | None, tuple[int, ...], str]:
+        """The stored bytes of chunk ``index`` (None: never written, all fill value), the
+        shape they decode to, and a name for error messages."""
+        raise NotImplementedError
+
+    def _other(self, key: Any) -> Any:
+        return np.asarray(self)[key]
+
+    def _chunk(self, index: tuple[int, ...]) -> npt.NDArray[Any] | None:
+        raw, shape, where = self._raw(index)
+        if raw is None:
+            return None
+        try:
+            data = raw if self._codec is None else self._codec.decode(raw)
+        except (RuntimeError, ValueError) as exc:
+            raise PipelineError(f"{where}: damaged cache chunk ({exc}); {_REMEDY}") from None
+        expected = int(np.prod(shape)) * self.dtype.itemsize
+        if len(data) != expected:
+            raise PipelineError(
+                f"{where}: damaged cache chunk ({len(data)} bytes, expected {expected}); {_REMEDY}"
+            )
+        return np.frombuffer(data, dtype=self.dtype).reshape(shape)
 
     def _bounds(self, key: Any) -> list[tuple[int, int]] | None:
         """``(start, stop)`` per axis for a tuple of plain slices, else None."""
@@ -76,27 +100,10 @@ class ChunkFileReader:
             bounds.append((start, stop))
         return bounds
 
-    def _chunk(self, index: tuple[int, ...]) -> npt.NDArray[Any] | None:
-        path = self.folder.joinpath("c", *(str(i) for i in index))
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            return None  # never written: every value is the fill value
-        try:
-            data = raw if self._codec is None else self._codec.decode(raw)
-        except (RuntimeError, ValueError) as exc:
-            raise PipelineError(f"{path}: damaged cache chunk ({exc}); {_REMEDY}") from None
-        if len(data) != self._chunk_bytes:
-            raise PipelineError(
-                f"{path}: damaged cache chunk ({len(data)} bytes, expected "
-                f"{self._chunk_bytes}); {_REMEDY}"
-            )
-        return np.frombuffer(data, dtype=self.dtype).reshape(self.chunk_shape)
-
     def __getitem__(self, key: Any) -> Any:
         bounds = self._bounds(key)
         if bounds is None:
-            return self.array[key]
+            return self._other(key)
         out = np.empty([b - a for a, b in bounds], dtype=self.dtype)
         pairs = zip(bounds, self.chunk_shape, strict=True)
         ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in pairs]
@@ -114,8 +121,104 @@ class ChunkFileReader:
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> npt.NDArray[Any]:
-        whole: npt.NDArray[Any] = np.asarray(self[tuple(slice(None) for _ in self.shape)])
+        whole: npt.NDArray[Any] = np.asarray(self[tuple(slice(0, n) for n in self.shape)])
         return whole if dtype is None else whole.astype(dtype)
+
+
+class ChunkFileReader(ChunkedArray):
+    """A zarr v3 array in a local folder, read by decoding its chunk files directly.
+
+    Only made by ``window_reader``, which checks that the array's form is one this reads
+    exactly (edge chunks are stored full size). Keys other than slices go to zarr.
+    """
+
+    def __init__(
+        self,
+        array: Any,
+        folder: Path,
+        chunk_shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        fill_value: Any,
+        blosc: bool,
+    ) -> None:
+        super().__init__(tuple(array.shape), chunk_shape, dtype, fill_value, blosc)
+        self.array = array
+        self.folder = folder
+
+    def _raw(self, index: tuple[int, ...]) -> tuple[bytes | None, tuple[int, ...], str]:
+        path = self.folder.joinpath("c", *(str(i) for i in index))
+        try:
+            return path.read_bytes(), self.chunk_shape, str(path)
+        except FileNotFoundError:
+            return None, self.chunk_shape, str(path)
+
+    def _other(self, key: Any) -> Any:
+        return self.array[key]
+
+
+class CompressedArray(ChunkedArray):
+    """An array held in memory as Blosc-compressed chunks (on-the-fly mode's store).
+
+    Chunks that hold only the fill value are not kept; edge chunks keep their own size.
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        chunk_shape: tuple[int, ...],
+        dtype: np.dtype[Any],
+        fill_value: Any,
+        chunks: dict[tuple[int, ...], bytes],
+        blosc: bool,
+    ) -> None:
+        super().__init__(shape, chunk_shape, dtype, fill_value, blosc)
+        self._chunks = chunks
+
+    @classmethod
+    def from_array(
+        cls,
+        array: npt.ArrayLike,
+        chunk_shape: Sequence[int],
+        compression: str = "zstd",
+        fill_value: Any = 0,
+    ) -> CompressedArray:
+        """Compress ``array`` chunk by chunk: ``compression`` is a Blosc codec name (the
+        cache's ``zstd``/``lz4``, same levels and shuffle) or ``none``."""
+        data = np.ascontiguousarray(array)
+        dtype = data.dtype.newbyteorder("<") if data.dtype.itemsize > 1 else data.dtype
+        data = data.astype(dtype, copy=False)
+        chunk_shape = tuple(
+            min(int(c), int(n)) for c, n in zip(chunk_shape, data.shape, strict=True)
+        )
+        codec: Any = None
+        if compression != "none":
+            from numcodecs import Blosc
+
+            shuffle = Blosc.SHUFFLE if data.dtype.itemsize > 1 else Blosc.BITSHUFFLE
+            level = 3 if compression == "zstd" else 5
+            codec = Blosc(cname=compression, clevel=level, shuffle=shuffle)
+        fill = np.asarray(fill_value, dtype=dtype)
+        chunks: dict[tuple[int, ...], bytes] = {}
+        counts = [range(-(-n // c)) for n, c in zip(data.shape, chunk_shape, strict=True)]
+        for index in itertools.product(*counts):
+            pairs = zip(index, chunk_shape, strict=True)
+            part = data[tuple(slice(i * c, (i + 1) * c) for i, c in pairs)]
+            if np.all(part == fill):
+                continue
+            block = np.ascontiguousarray(part)
+            chunks[index] = block.tobytes() if codec is None else bytes(codec.encode(block))
+        return cls(data.shape, chunk_shape, dtype, fill, chunks, codec is not None)
+
+    @property
+    def nbytes_stored(self) -> int:
+        """Bytes the compressed chunks take."""
+        return sum(len(b) for b in self._chunks.values())
+
+    def _raw(self, index: tuple[int, ...]) -> tuple[bytes | None, tuple[int, ...], str]:
+        shape = tuple(
+            min(c, n - i * c) for i, c, n in zip(index, self.chunk_shape, self.shape, strict=True)
+        )
+        return self._chunks.get(index), shape, f"in-memory chunk {index}"
 
 
 def _fast_form(metadata: dict[str, Any]) -> tuple[tuple[int, ...], np.dtype[Any], bool] | None:
@@ -165,5 +268,4 @@ def window_reader(array: Any) -> Any:
         return array
     chunk_shape, dtype, blosc = form
     folder = Path(store.root).joinpath(*str(array.path).split("/"))
-    fill = np.asarray(metadata.fill_value, dtype=dtype)
-    return ChunkFileReader(array, folder, chunk_shape, dtype, fill, blosc)
+    return ChunkFileReader(array, folder, chunk_shape, dtype, metadata.fill_value, blosc)

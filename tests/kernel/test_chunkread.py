@@ -10,7 +10,7 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec
 
-from miscore.chunkread import ChunkFileReader, window_reader
+from miscore.chunkread import ChunkFileReader, CompressedArray, window_reader
 from miscore.errors import PipelineError
 from miscore.patching import extract_patch
 
@@ -124,3 +124,30 @@ def test_a_corrupt_compressed_chunk_is_an_error_naming_the_file(tmp_path: Path) 
     chunk.write_bytes(b"\x02\x01" + bytes(30))
     with pytest.raises(PipelineError, match=str(chunk.name)):
         window_reader(array)[0:4, 0:4, 0:4]
+
+
+@pytest.mark.parametrize(
+    ("dtype", "compression"),
+    [(np.float32, "zstd"), (np.float16, "lz4"), (np.uint8, "zstd"), (np.int16, "none")],
+)
+def test_compressed_array_reads_what_it_was_given(dtype: Any, compression: str) -> None:
+    rng = np.random.default_rng(5)
+    data = (rng.normal(size=SHAPE) * 50).astype(dtype)
+    if dtype == np.uint8:
+        data = (rng.random(SHAPE) > 0.9).astype(np.uint8)
+        data[:20] = 0
+    packed = CompressedArray.from_array(data, (16, 16, 16, 1), compression)
+    assert packed.shape == SHAPE and packed.dtype == np.dtype(dtype)
+    for window in _windows(SHAPE, rng, 25):
+        np.testing.assert_array_equal(packed[window], data[window])
+    np.testing.assert_array_equal(np.asarray(packed), data)
+    np.testing.assert_array_equal(packed[3, ::2], data[3, ::2])
+
+
+def test_compressed_array_is_smaller_and_skips_empty_chunks() -> None:
+    label = np.zeros((64, 64, 64, 1), np.uint8)
+    label[40:50, 40:50, 40:50] = 1
+    packed = CompressedArray.from_array(label, (32, 32, 32, 1))
+    assert len(packed._chunks) == 1  # only the chunk with foreground
+    assert packed.nbytes_stored < label.nbytes / 50
+    np.testing.assert_array_equal(np.asarray(packed), label)
