@@ -348,7 +348,7 @@ def _train_stages(
         config,
         augmentations,
         n_classes,
-        cache_root=str(store.root) if isinstance(store, CaseCache) else None,
+        cache_root=store.location if isinstance(store, CaseCache) else None,
         cache_settings=store.settings,
         local_plugins=local_plugins,
     )

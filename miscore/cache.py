@@ -22,6 +22,23 @@ An entry is trusted only when its ``complete.json`` (written last) names its key
 written under ``tmp/`` and renamed into place, so a killed build leaves only a temporary folder
 that no reader looks at; ``clean_temp`` removes those when they are old. Two processes building
 the same entry both write; the first rename wins and the other discards its copy.
+
+Object stores (a URL location: ``s3://``, ``gs://``, ``az://``, ``memory://``, any scheme
+fsspec knows; ``file://`` is a local folder) have no rename, so ``ObjectStoreCache`` publishes
+differently. ``CaseCache(url)`` returns one. Layout under the URL::
+
+    data/<key>.<unix_s>.<pid>.<hex>/case.zarr  one writer's arrays (a unique prefix per build)
+    entries/<key>.json       the marker: written last, names the data prefix it vouches for
+    stats/<ms>.<h|m>.<key>.<hex>  one empty object per counted lookup (hit or miss)
+
+A writer writes its arrays under its own data prefix, then PUTs the marker (one PUT is atomic
+on object stores) with "create only" semantics where the store has them (S3 ``If-None-Match``;
+elsewhere check-then-write): the first complete writer of a key wins and later ones delete
+their own prefix and read the winner's. A reader trusts only a marker whose key and format
+match and opens the prefix it names. A writer killed mid-build leaves a prefix that no marker
+names: never read, and removed by ``clean_temp`` once older than the stale threshold (its age
+is the time in its name). Object timestamps cannot be touched, so the last use of an entry is
+the newest hit recorded under ``stats/`` (or its creation).
 """
 
 from __future__ import annotations
@@ -30,6 +47,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import time
@@ -61,6 +79,8 @@ STORE = "case.zarr"
 ENTRIES = "entries"
 TEMP = "tmp"
 STATS = "stats"
+#: Object stores: the folder of per-writer data prefixes.
+DATA = "data"
 #: Spatial chunk length per axis when none is given: 64^3 for 3D, 256^2 for 2D.
 DEFAULT_CHUNK = {3: 64, 2: 256}
 #: Foreground voxel coordinates kept per class (a uniform random subset).
@@ -92,16 +112,31 @@ def default_cache_location() -> str:
     return str(platformdirs.user_cache_dir("miscore"))
 
 
+_URL = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.\-]*::)*[A-Za-z][A-Za-z0-9+.\-]*://")
+
+
+def is_url(location: Path | str) -> bool:
+    """Whether ``location`` is a URL for fsspec (``s3://b/x``, ``simplecache::s3://b/x``);
+    ``file://`` and plain paths are local folders."""
+    text = str(location)
+    return bool(_URL.match(text)) and not text.startswith("file://")
+
+
 def resolve_cache_location(
     config: Config | CacheConfig | None = None, cli_value: str | None = None
 ) -> str:
     """Where the cache lives: ``--cache``, else ``$MISCORE_CACHE_DIR``, else ``cache.path``,
-    else the user's cache folder. ``~`` and ``$VARS`` are expanded; the result is absolute."""
+    else the user's cache folder. ``$VARS`` are expanded; a URL is kept as it is (no trailing
+    ``/``), a path gets ``~`` expanded and is made absolute (``file://`` is a path)."""
     cache_config = getattr(config, "cache", config)
     configured = getattr(cache_config, "path", None)
     for value in (cli_value, os.environ.get(CACHE_ENV), configured):
         if value:
-            return str(Path(os.path.expandvars(os.path.expanduser(value))).absolute())
+            value = os.path.expandvars(value)
+            if is_url(value):
+                return value.rstrip("/")
+            path = Path(os.path.expanduser(value.removeprefix("file://")))
+            return str(path.absolute())
     return default_cache_location()
 
 
@@ -495,13 +530,13 @@ class CaseSource:
     ) -> CachedCase:
         raise NotImplementedError
 
-    def _record(self, hit: bool) -> None:
-        """Count a lookup (the disk cache keeps a stats file)."""
+    def _record(self, hit: bool, key: CacheKey | None = None) -> None:
+        """Count a lookup of ``key`` (the disk cache keeps a stats file)."""
 
     def get_or_build(self, key: CacheKey, build: Callable[[], Case]) -> CachedCase:
         """The entry of ``key``; on a miss call ``build()`` (read + preprocess) and store it."""
         found = self.get(key)
-        self._record(found is not None)
+        self._record(found is not None, key)
         if found is not None:
             return found
         return self.put(key, build())
@@ -524,7 +559,7 @@ class MemoryCache(CaseSource):
             self._held.move_to_end(key.digest)
         return found
 
-    def _record(self, hit: bool) -> None:
+    def _record(self, hit: bool, key: CacheKey | None = None) -> None:
         if hit:
             self.hits += 1
         else:
@@ -556,7 +591,9 @@ class CacheEntry(BaseModel):
     key: str
     case_id: str
     created: float = Field(description="Unix time the entry was completed")
-    last_used: float = Field(description="Unix time of the last hit (marker mtime)")
+    last_used: float = Field(
+        description="Unix time of the last hit (local: marker mtime; URL: newest recorded hit)"
+    )
     stored_bytes: int = Field(description="bytes of the entry's files")
     raw_float32_bytes: int = Field(description="image + label as float32 arrays")
 
@@ -587,20 +624,68 @@ def _folder_bytes(path: Path) -> int:
     return total
 
 
+def _valid_marker(marker: Any, digest: str) -> dict[str, Any] | None:
+    """``marker`` if it is a complete entry's marker for ``digest`` (key, format), else None."""
+    if (
+        not isinstance(marker, dict)
+        or marker.get("key") != digest
+        or marker.get("format") != FORMAT_VERSION
+    ):
+        return None
+    return marker
+
+
+def _read_group(group: Any) -> CachedCase:
+    """A ``CachedCase`` from an entry's zarr group (local folder or object store)."""
+    attributes = dict(group.attrs)
+    arrays = dict(group.arrays())
+    foreground: dict[int, npt.NDArray[np.int32]] = {}
+    groups = dict(group.groups())
+    if "foreground" in groups:
+        for name, coords in groups["foreground"].arrays():
+            foreground[int(name)] = np.asarray(coords[...], dtype=np.int32)
+    return _cached_from(attributes, arrays["image"], arrays.get("label"), foreground)
+
+
+def _marker_of(key: CacheKey, prepared: _Prepared) -> dict[str, Any]:
+    """The completion marker of an entry (the object-store cache adds its data prefix)."""
+    raw = prepared.image.size * 4 + (0 if prepared.label is None else prepared.label.size * 4)
+    return {
+        "format": FORMAT_VERSION,
+        "key": key.digest,
+        "case_id": key.case_id,
+        "created": time.time(),
+        "image": {"shape": list(prepared.image.shape), "dtype": str(prepared.image.dtype)},
+        "label": None
+        if prepared.label is None
+        else {"shape": list(prepared.label.shape), "dtype": str(prepared.label.dtype)},
+        "raw_float32_bytes": int(raw),
+        "key_material": key.material,
+    }
+
+
 def _write_marker(folder: Path, marker: Mapping[str, Any]) -> None:
     """Write the completion marker; it is written last, after every array."""
     (folder / MARKER).write_text(json.dumps(marker, sort_keys=True), encoding="utf-8")
 
 
 class CaseCache(CaseSource):
-    """The disk cache at a local folder (see the module docstring for layout and guarantees).
+    """The disk cache at a local folder (see the module docstring for layout and guarantees),
+    or, given a URL, at an object store (``CaseCache(url)`` returns an ``ObjectStoreCache``).
 
     Args:
-        location: the cache folder (``resolve_cache_location`` finds it from config and CLI).
+        location: the cache folder or URL (``resolve_cache_location`` finds it from config
+            and CLI); ``location`` (the property) gives back the string that reopens it.
         settings: storage settings; they are part of every key.
         stale_temp_hours: temporary build folders older than this are removed on open (a
             crashed build's leftovers; a live build this old is unlikely).
     """
+
+    def __new__(cls, location: Path | str, *args: Any, **kwargs: Any) -> CaseCache:
+        target: type[CaseCache] = cls
+        if cls is CaseCache and is_url(location):
+            target = ObjectStoreCache
+        return object.__new__(target)
 
     def __init__(
         self,
@@ -610,13 +695,7 @@ class CaseCache(CaseSource):
         stale_temp_hours: float = 6.0,
     ) -> None:
         super().__init__(settings)
-        text = str(location)
-        if "://" in text and not text.startswith("file://"):
-            raise InputError(
-                f"cache location {text}: only local folders are supported; "
-                "mount the storage or use --cache with a local path"
-            )
-        self.root = Path(text.removeprefix("file://")).expanduser().absolute()
+        self.root = Path(str(location).removeprefix("file://")).expanduser().absolute()
         self.entries_dir = self.root / ENTRIES
         self.temp_dir = self.root / TEMP
         try:
@@ -636,6 +715,11 @@ class CaseCache(CaseSource):
             ) from None
         self.clean_temp(stale_temp_hours * 3600.0)
 
+    @property
+    def location(self) -> str:
+        """The string that opens this cache again (in another process): a path or a URL."""
+        return str(self.root)
+
     # --- lookups ------------------------------------------------------------------------
 
     def entry_path(self, key: CacheKey | str) -> Path:
@@ -648,13 +732,7 @@ class CaseCache(CaseSource):
             marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if (
-            not isinstance(marker, dict)
-            or marker.get("key") != digest
-            or marker.get("format") != FORMAT_VERSION
-        ):
-            return None
-        return marker
+        return _valid_marker(marker, digest)
 
     def get(self, key: CacheKey) -> CachedCase | None:
         """The complete entry of ``key``, or None (a missing or incomplete entry)."""
@@ -673,17 +751,9 @@ class CaseCache(CaseSource):
     def _open(self, folder: Path) -> CachedCase:
         import zarr
 
-        group = zarr.open_group(str(folder / STORE), mode="r")
-        attributes = dict(group.attrs)
-        arrays = dict(group.arrays())
-        foreground: dict[int, npt.NDArray[np.int32]] = {}
-        groups = dict(group.groups())
-        if "foreground" in groups:
-            for name, coords in groups["foreground"].arrays():
-                foreground[int(name)] = np.asarray(coords[...], dtype=np.int32)
-        return _cached_from(attributes, arrays["image"], arrays.get("label"), foreground)
+        return _read_group(zarr.open_group(str(folder / STORE), mode="r"))
 
-    def _record(self, hit: bool) -> None:
+    def _record(self, hit: bool, key: CacheKey | None = None) -> None:
         # One byte per lookup, appended: concurrent processes never lose a count.
         try:
             with (self.root / STATS).open("ab") as handle:
@@ -722,6 +792,11 @@ class CaseCache(CaseSource):
         group = zarr.open_group(
             str(folder / STORE), mode="w-", zarr_format=3, attributes=prepared.attributes
         )
+        self._write_arrays(group, prepared)
+        _write_marker(folder, _marker_of(key, prepared))
+
+    def _write_arrays(self, group: Any, prepared: _Prepared) -> None:
+        """Write the image, label and foreground arrays into the entry's new zarr group."""
         spatial = tuple(int(n) for n in prepared.image.shape[:-1])
         chunks = self._chunks(spatial)
         arrays = {"image": prepared.image}
@@ -743,22 +818,6 @@ class CaseCache(CaseSource):
                 fg_group.create_array(
                     str(k), data=coords, chunks=(max(1, len(coords)), coords.shape[1])
                 )
-        raw = prepared.image.size * 4 + (0 if prepared.label is None else prepared.label.size * 4)
-        _write_marker(
-            folder,
-            {
-                "format": FORMAT_VERSION,
-                "key": key.digest,
-                "case_id": key.case_id,
-                "created": time.time(),
-                "image": {"shape": list(prepared.image.shape), "dtype": str(prepared.image.dtype)},
-                "label": None
-                if prepared.label is None
-                else {"shape": list(prepared.label.shape), "dtype": str(prepared.label.dtype)},
-                "raw_float32_bytes": int(raw),
-                "key_material": key.material,
-            },
-        )
 
     def put(
         self,
@@ -870,22 +929,25 @@ class CaseCache(CaseSource):
         stored = sum(e.stored_bytes for e in entries)
         raw = sum(e.raw_float32_bytes for e in entries)
         hits, misses = self.stats()
-        try:
-            temps = sum(1 for _ in self.temp_dir.iterdir())
-        except OSError:
-            temps = 0
         return CacheInfo(
-            location=str(self.root),
+            location=self.location,
             entries=len(entries),
             cases=len({e.case_id for e in entries}),
             stored_bytes=stored,
             raw_float32_bytes=raw,
             ratio=stored / raw if raw else None,
-            temp_folders=temps,
+            temp_folders=self._temp_count(),
             hits=hits,
             misses=misses,
             hit_rate=hits / (hits + misses) if hits + misses else None,
         )
+
+    def _temp_count(self) -> int:
+        """Temporary build folders (builds running or left by a crash)."""
+        try:
+            return sum(1 for _ in self.temp_dir.iterdir())
+        except OSError:
+            return 0
 
     def clear(self, older_than_days: float | None = None) -> int:
         """Remove entries (all, or those not used for ``older_than_days``); return how many.
@@ -907,6 +969,343 @@ class CaseCache(CaseSource):
             removed += 1
         if cutoff is None:
             (self.root / STATS).unlink(missing_ok=True)
+            self.clean_temp(3600.0)
+        return removed
+
+
+def _prefix_parts(name: str) -> tuple[str, float] | None:
+    """``(digest, unix time)`` of a data prefix name ``<key>.<unix_s>.<pid>.<hex>``, else None."""
+    parts = name.split(".")
+    if len(parts) != 4 or not parts[1].isdigit():
+        return None
+    return parts[0], float(parts[1])
+
+
+class ObjectStoreCache(CaseCache):
+    """The cache at a URL that fsspec opens (``s3://bucket/prefix``, ``gs://``, ``az://``,
+    ``memory://``, ...); see the module docstring for the layout and the publish protocol.
+
+    Construct it as ``CaseCache(url, settings)``. Credentials and endpoints come from the
+    filesystem's usual configuration (for S3: ``AWS_*`` environment variables or
+    ``~/.aws``; ``FSSPEC_S3_*`` variables for s3fs options).
+    """
+
+    def __init__(
+        self,
+        location: Path | str,
+        settings: CacheSettings | None = None,
+        *,
+        stale_temp_hours: float = 6.0,
+    ) -> None:
+        CaseSource.__init__(self, settings)
+        self.url = str(location).rstrip("/")
+        try:
+            from fsspec.core import url_to_fs
+
+            self.fs, path = url_to_fs(self.url)
+        except (ImportError, ValueError) as exc:
+            raise InputError(
+                f"cache location {self.url}: cannot open it ({exc}); install the fsspec "
+                "package of its scheme (s3fs for s3://, gcsfs for gs://, adlfs for az://)"
+            ) from None
+        self.path = str(path).rstrip("/")
+        self._zarr_fs: Any = None
+        try:
+            self.clean_temp(stale_temp_hours * 3600.0)
+        except Exception as exc:  # botocore's credential errors are not OSErrors
+            raise InputError(
+                f"cache location {self.url}: cannot list it ({type(exc).__name__}: {exc}); "
+                "check the URL and the storage credentials"
+            ) from None
+
+    @property
+    def location(self) -> str:
+        return self.url
+
+    # --- paths and small objects --------------------------------------------------------
+
+    def _abs(self, *parts: str) -> str:
+        return "/".join([self.path, *parts])
+
+    def _marker_path(self, digest: str) -> str:
+        return self._abs(ENTRIES, f"{digest}.json")
+
+    def _names(self, folder: str) -> list[str]:
+        """Names directly under ``folder`` (fresh: other processes write meanwhile)."""
+        full = self._abs(folder)
+        self.fs.invalidate_cache(full)
+        try:
+            listed = self.fs.ls(full, detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(str(name).rstrip("/").rsplit("/", 1)[-1] for name in listed)
+
+    def _parse_marker(self, raw: bytes, digest: str) -> dict[str, Any] | None:
+        try:
+            marker = _valid_marker(json.loads(raw), digest)
+        except ValueError:
+            return None
+        if marker is None:
+            return None
+        data = marker.get("data")
+        # Only a prefix of this key under data/ is trusted (never a path elsewhere).
+        if (
+            not isinstance(data, str)
+            or "/" in data.removeprefix(f"{DATA}/")
+            or _prefix_parts(data.removeprefix(f"{DATA}/")) is None
+            or not data.startswith(f"{DATA}/{digest}.")
+        ):
+            return None
+        return marker
+
+    def _read_marker(self, digest: str) -> dict[str, Any] | None:
+        try:
+            raw = self.fs.cat_file(self._marker_path(digest))
+        except FileNotFoundError:
+            return None
+        except Exception as exc:
+            raise PipelineError(
+                f"cache {self.url}: cannot read the entry marker of {digest} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+        return self._parse_marker(bytes(raw), digest)
+
+    def _markers(self) -> dict[str, tuple[dict[str, Any] | None, int]]:
+        """Every marker under entries/: ``{digest: (marker or None if invalid, bytes)}``."""
+        names = [n for n in self._names(ENTRIES) if n.endswith(".json")]
+        paths = [self._abs(ENTRIES, n) for n in names]
+        raw = self.fs.cat(paths, on_error="omit") if paths else {}
+        found: dict[str, tuple[dict[str, Any] | None, int]] = {}
+        for name, path in zip(names, paths, strict=True):
+            digest = name.removesuffix(".json")
+            content = raw.get(path)
+            if content is None:  # removed meanwhile
+                continue
+            found[digest] = (self._parse_marker(bytes(content), digest), len(content))
+        return found
+
+    def _store(self, prefix: str, read_only: bool) -> Any:
+        """The zarr store of the entry under the data ``prefix``."""
+        from zarr.storage import FsspecStore
+
+        if self._zarr_fs is None:
+            # zarr needs an async filesystem; it makes one (or wraps a sync one) from the URL.
+            self._zarr_fs = FsspecStore.from_url(self.url).fs
+        return FsspecStore(self._zarr_fs, path=self._abs(prefix, STORE), read_only=read_only)
+
+    def _open_prefix(self, prefix: str) -> CachedCase:
+        import zarr
+
+        return _read_group(zarr.open_group(self._store(prefix, True), mode="r"))
+
+    def _remove(self, *parts: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm(self._abs(*parts), recursive=True)
+
+    # --- lookups ------------------------------------------------------------------------
+
+    def get(self, key: CacheKey) -> CachedCase | None:
+        """The complete entry of ``key``, or None (no marker, or a marker not trusted)."""
+        marker = self._read_marker(key.digest)
+        if marker is None:
+            return None
+        try:
+            return self._open_prefix(marker["data"])
+        except FileNotFoundError:  # removed by `cache clear` meanwhile
+            return None
+
+    def _record(self, hit: bool, key: CacheKey | None = None) -> None:
+        # Objects cannot be appended to: one empty object per counted lookup. Its name holds
+        # the time and key, so it is also the entry's last use.
+        digest = "-" if key is None else key.digest
+        name = f"{time.time_ns() // 1_000_000}.{'h' if hit else 'm'}.{digest}"
+        with contextlib.suppress(Exception):  # a count is not worth failing a run for
+            self.fs.pipe_file(self._abs(STATS, f"{name}.{secrets.token_hex(4)}"), b"")
+
+    def _lookups(self) -> list[tuple[float, bool, str]]:
+        """``(unix time, hit, digest)`` of every recorded lookup."""
+        found = []
+        for name in self._names(STATS):
+            parts = name.split(".")
+            if len(parts) == 4 and parts[0].isdigit() and parts[1] in ("h", "m"):
+                found.append((int(parts[0]) / 1000.0, parts[1] == "h", parts[2]))
+        return found
+
+    def _last_hits(self) -> dict[str, float]:
+        last: dict[str, float] = {}
+        for when, hit, digest in self._lookups():
+            if hit:
+                last[digest] = max(when, last.get(digest, 0.0))
+        return last
+
+    # --- writing ------------------------------------------------------------------------
+
+    def put(
+        self,
+        key: CacheKey,
+        case: Case,
+        foreground: Mapping[int, npt.ArrayLike] | None = None,
+    ) -> CachedCase:
+        """Store ``case`` under its own data prefix, then publish the marker (see the module
+        docstring); return the published entry (this writer's, or a winner's)."""
+        import zarr
+
+        prepared = _prepare(key, case, self.settings, foreground)
+        prefix = f"{DATA}/{key.digest}.{int(time.time())}.{os.getpid()}.{secrets.token_hex(4)}"
+        marker = {**_marker_of(key, prepared), "data": prefix}
+        try:
+            group = zarr.open_group(
+                self._store(prefix, False),
+                mode="w-",
+                zarr_format=3,
+                attributes=prepared.attributes,
+            )
+            self._write_arrays(group, prepared)
+        except Exception as exc:  # botocore and aiohttp errors are not all OSErrors
+            with contextlib.suppress(Exception):
+                self._remove(prefix)  # no marker names it yet
+            raise PipelineError(
+                f"case {case.id}: cannot write the cache entry under {self.url}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        try:
+            return self._publish_marker(key.digest, marker)
+        except PipelineError:
+            raise
+        except Exception as exc:
+            raise PipelineError(
+                f"case {case.id}: cannot publish the cache entry under {self.url}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _put_new(self, path: str, body: bytes) -> None:
+        """Write ``body`` unless ``path`` exists (FileExistsError); as atomic as the store
+        allows: S3's conditional PUT, else check then write."""
+        try:
+            self.fs.pipe_file(path, body, mode="create")
+            return
+        except FileExistsError:
+            raise
+        except Exception:  # no create mode here (an old fsspec, a store without it)
+            pass
+        try:
+            self.fs.cat_file(path)
+        except FileNotFoundError:
+            self.fs.pipe_file(path, body)
+            return
+        raise FileExistsError(path)
+
+    def _publish_marker(self, digest: str, marker: dict[str, Any]) -> CachedCase:
+        path = self._marker_path(digest)
+        body = json.dumps(marker, sort_keys=True).encode("utf-8")
+        try:
+            self._put_new(path, body)
+        except FileExistsError:
+            winner = self._read_marker(digest)
+            if winner is not None and winner["data"] != marker["data"]:
+                try:
+                    cached = self._open_prefix(winner["data"])
+                except FileNotFoundError:
+                    pass  # a marker whose data is gone: ours replaces it
+                else:
+                    self._remove(marker["data"])  # never referenced, so nobody reads it
+                    return cached
+            self.fs.pipe_file(path, body)
+        return self._open_prefix(marker["data"])
+
+    # --- housekeeping -------------------------------------------------------------------
+
+    def _prefixes(self) -> list[tuple[str, str, float]]:
+        """``(name, digest, unix time)`` of every data prefix."""
+        found = []
+        for name in self._names(DATA):
+            parts = _prefix_parts(name)
+            if parts is not None:
+                found.append((name, *parts))
+        return found
+
+    def clean_temp(self, older_than_s: float = 0.0) -> int:
+        """Remove data prefixes that no marker names (crashed or lost builds) and that are
+        older than ``older_than_s`` seconds; return how many."""
+        removed = 0
+        now = time.time()
+        for name, digest, created in self._prefixes():
+            if now - created < older_than_s:
+                continue
+            marker = self._read_marker(digest)
+            if marker is not None and marker["data"] == f"{DATA}/{name}":
+                continue
+            self._remove(DATA, name)
+            removed += 1
+        return removed
+
+    def _temp_count(self) -> int:
+        markers = self._markers()
+        named = {m["data"] for m, _size in markers.values() if m is not None}
+        return sum(1 for name, _d, _t in self._prefixes() if f"{DATA}/{name}" not in named)
+
+    def entries(self) -> list[CacheEntry]:
+        """Every complete entry, oldest first."""
+        markers = self._markers()
+        sizes: dict[str, int] = {}
+        data_root = self._abs(DATA) + "/"
+        self.fs.invalidate_cache(self._abs(DATA))
+        try:
+            listed = self.fs.find(self._abs(DATA), detail=True)
+        except FileNotFoundError:
+            listed = {}
+        for name, info in listed.items():
+            prefix = str(name).removeprefix(data_root).split("/", 1)[0]
+            sizes[prefix] = sizes.get(prefix, 0) + int(info.get("size") or 0)
+        last_hits = self._last_hits()
+        found = []
+        for digest, (marker, marker_bytes) in markers.items():
+            if marker is None:
+                continue
+            created = float(marker.get("created", 0.0))
+            found.append(
+                CacheEntry(
+                    key=digest,
+                    case_id=str(marker.get("case_id", "")),
+                    created=created,
+                    last_used=max(created, last_hits.get(digest, 0.0)),
+                    stored_bytes=sizes.get(marker["data"].removeprefix(f"{DATA}/"), 0)
+                    + marker_bytes,
+                    raw_float32_bytes=int(marker.get("raw_float32_bytes", 0)),
+                )
+            )
+        return sorted(found, key=lambda e: e.created)
+
+    def stats(self) -> tuple[int, int]:
+        """(hits, misses) recorded since the cache was last cleared."""
+        lookups = self._lookups()
+        hits = sum(1 for _t, hit, _d in lookups if hit)
+        return hits, len(lookups) - hits
+
+    def clear(self, older_than_days: float | None = None) -> int:
+        """Remove entries (all, or those not used for ``older_than_days``); return how many.
+
+        The marker goes first, so no reader trusts an entry whose data is being removed.
+        Clearing everything also removes the lookup records, markers that are not trusted,
+        and data prefixes no marker names that are older than an hour.
+        """
+        cutoff = None if older_than_days is None else time.time() - older_than_days * 86400.0
+        last_hits = self._last_hits() if cutoff is not None else {}
+        removed = 0
+        for digest, (marker, _size) in self._markers().items():
+            if marker is None:
+                if cutoff is None:
+                    self._remove(ENTRIES, f"{digest}.json")
+                continue
+            if cutoff is not None:
+                created = float(marker.get("created", 0.0))
+                if max(created, last_hits.get(digest, 0.0)) >= cutoff:
+                    continue
+            self._remove(ENTRIES, f"{digest}.json")
+            self._remove(marker["data"])
+            removed += 1
+        if cutoff is None:
+            self._remove(STATS)
             self.clean_temp(3600.0)
         return removed
 
@@ -949,7 +1348,7 @@ def cache_dataset_case(
 
     key = dataset_key(store, dataset, case_id, steps, manager, config, training)
     found = store.get(key)
-    store._record(found is not None)
+    store._record(found is not None, key)
     if found is not None:
         _check_classes(found, dataset, config.data.classes)
         return found, True

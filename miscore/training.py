@@ -564,7 +564,7 @@ def train(
         config,
         components["augmentation"],
         config.data.classes,
-        cache_root=str(store.root) if isinstance(store, CaseCache) else None,
+        cache_root=store.location if isinstance(store, CaseCache) else None,
         cache_settings=store.settings,
         local_plugins=local_plugins,
     )

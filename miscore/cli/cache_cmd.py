@@ -29,7 +29,8 @@ CacheOption = Annotated[
     str | None,
     typer.Option(
         "--cache",
-        help="Cache folder; overrides MISCORE_CACHE_DIR and the config's cache.path.",
+        help="Cache folder or URL (s3://bucket/prefix, ...); overrides MISCORE_CACHE_DIR "
+        "and the config's cache.path.",
     ),
 ]
 ConfigOption = Annotated[
@@ -91,7 +92,7 @@ def clear(
     """Remove cache entries: all of them, or those not used for --older-than DAYS."""
     store = _open(cache, config)
     removed = store.clear(older_than)
-    state(ctx).log(f"removed {removed} entries from {store.root}")
+    state(ctx).log(f"removed {removed} entries from {store.location}")
 
 
 def _parse_shard(shard: str | None) -> tuple[int, int]:
@@ -201,7 +202,7 @@ def build(
     index, count = _parse_shard(shard)
     job = _BuildJob.open(config, data, cache, cli.plugins)
     ids = job.dataset.labelled_ids[index::count]
-    where = getattr(job.store, "root", "")
+    where = getattr(job.store, "location", "")
     cli.log(f"cache {where}: {len(ids)} cases to check (shard {index}/{count})")
     results: list[tuple[str, bool, float, str, int]] = []
 
