@@ -637,12 +637,16 @@ def _valid_marker(marker: Any, digest: str) -> dict[str, Any] | None:
 
 def _read_group(group: Any) -> CachedCase:
     """A ``CachedCase`` from an entry's zarr group (local folder or object store)."""
+    import zarr
+
     attributes = dict(group.attrs)
-    arrays = dict(group.arrays())
+    # One listing of the members (arrays() then groups() would read every member's metadata
+    # twice: a request each on an object store).
+    members = dict(group.members())
+    arrays = {n: m for n, m in members.items() if isinstance(m, zarr.Array)}
     foreground: dict[int, npt.NDArray[np.int32]] = {}
-    groups = dict(group.groups())
-    if "foreground" in groups:
-        for name, coords in groups["foreground"].arrays():
+    if isinstance(members.get("foreground"), zarr.Group):
+        for name, coords in members["foreground"].arrays():
             foreground[int(name)] = np.asarray(coords[...], dtype=np.int32)
     return _cached_from(attributes, arrays["image"], arrays.get("label"), foreground)
 
@@ -981,6 +985,20 @@ def _prefix_parts(name: str) -> tuple[str, float] | None:
     return parts[0], float(parts[1])
 
 
+def _storage_options(url: str) -> dict[str, Any]:
+    """Options for the filesystem of ``url``: on S3 one GET per object. (s3fs with its default
+    ``max_concurrency`` of 10 sends a HEAD before every whole-object GET, to split large objects;
+    cache objects are chunks and markers, so that doubled the requests.) A value configured
+    through fsspec (``FSSPEC_S3_MAX_CONCURRENCY``) is kept."""
+    from fsspec.config import conf
+    from fsspec.core import split_protocol
+
+    protocol = split_protocol(url)[0]
+    if protocol in ("s3", "s3a") and "max_concurrency" not in conf.get(protocol, {}):
+        return {"max_concurrency": 1}
+    return {}
+
+
 class ObjectStoreCache(CaseCache):
     """The cache at a URL that fsspec opens (``s3://bucket/prefix``, ``gs://``, ``az://``,
     ``memory://``, ...); see the module docstring for the layout and the publish protocol.
@@ -1002,7 +1020,8 @@ class ObjectStoreCache(CaseCache):
         try:
             from fsspec.core import url_to_fs
 
-            self.fs, path = url_to_fs(self.url)
+            self._options = _storage_options(self.url)
+            self.fs, path = url_to_fs(self.url, **self._options)
         except (ImportError, ValueError) as exc:
             raise InputError(
                 f"cache location {self.url}: cannot open it ({exc}); install the fsspec "
@@ -1090,13 +1109,15 @@ class ObjectStoreCache(CaseCache):
 
         if self._zarr_fs is None:
             # zarr needs an async filesystem; it makes one (or wraps a sync one) from the URL.
-            self._zarr_fs = FsspecStore.from_url(self.url).fs
+            self._zarr_fs = FsspecStore.from_url(self.url, storage_options=self._options).fs
         return FsspecStore(self._zarr_fs, path=self._abs(prefix, STORE), read_only=read_only)
 
     def _open_prefix(self, prefix: str) -> CachedCase:
         import zarr
 
-        return _read_group(zarr.open_group(self._store(prefix, True), mode="r"))
+        # zarr_format=3: no probing for zarr v2 metadata (three requests more).
+        store = self._store(prefix, True)
+        return _read_group(zarr.open_group(store, mode="r", zarr_format=3))
 
     def _remove(self, *parts: str) -> None:
         with contextlib.suppress(FileNotFoundError):
