@@ -207,3 +207,23 @@ def test_dicom_series_input_keeps_the_dicom_geometry_and_can_be_written_as_seg(
     back = dicom.read_label(seg, image)
     assert back.spatial_shape == image.spatial_shape
     np.testing.assert_array_equal(back.array[..., 0], np.asarray(prediction.dataobj))
+
+
+def test_on_the_fly_mode_trains_and_writes_no_cache(tmp_path: Path) -> None:
+    result = run_cli(
+        "synth", tmp_path / "data", "--cases", "3", "--shape", "32", "32", "32",
+        "--classes", "2", "--seed", "4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    config = CONFIG.replace("epochs: 15", "epochs: 2").replace("filters: 8", "filters: 4")
+    (tmp_path / "config.yaml").write_text(config.replace("{path: cache}", "{enabled: false}"))
+    env = {"MISCORE_CACHE_DIR": str(tmp_path / "would-be-cache")}
+    result = run_cli(
+        "train", "config.yaml", "--data", "data", "--out", "model", cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    history = (tmp_path / "model" / "history.tsv").read_text().splitlines()
+    assert len(history) == 3  # header + 2 epochs
+    assert (tmp_path / "model" / "model.keras").is_file()
+    assert not (tmp_path / "would-be-cache").exists()
+    assert not (tmp_path / "cache").exists()

@@ -30,6 +30,7 @@ from miscore.cache import (
     resolve_cache_location,
     split_cacheable,
 )
+from miscore.chunkread import CompressedArray
 from miscore.testing import oblique_affine, synthetic_case
 
 # --- a stand-in preprocessing plugin and input files ------------------------------------
@@ -332,7 +333,9 @@ def test_memory_mode_serves_the_same_interface(
     memory = MemoryCache(keep=1)
     in_memory = pipeline.get(memory, input_file)
     assert pipeline.builds == 2
-    assert isinstance(in_memory.image, np.ndarray)
+    # held compressed, like the disk entry, and read the same way
+    assert isinstance(in_memory.image, CompressedArray)
+    assert in_memory.image.nbytes_stored < np.asarray(on_disk.image).nbytes
     assert in_memory.key == on_disk.key
     np.testing.assert_array_equal(in_memory.image[2:9, 3:7], on_disk.image[2:9, 3:7])
     assert in_memory.meta == on_disk.meta
