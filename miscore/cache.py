@@ -61,7 +61,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from miscore.chunkread import CompressedArray
+from miscore.chunkread import CompressedArray, window_reader
 from miscore.errors import InputError, PipelineError
 from miscore.volume import Case, Volume
 
@@ -663,14 +663,16 @@ def _read_group(group: Any) -> CachedCase:
     import zarr
 
     attributes = dict(group.attrs)
-    # One listing of the members (arrays() then groups() would read every member's metadata
-    # twice: a request each on an object store).
-    members = dict(group.members())
+    # One listing of all members, nested ones included (arrays() then groups() would read
+    # every member's metadata twice: a request each on an object store).
+    members = dict(group.members(max_depth=None))
     arrays = {n: m for n, m in members.items() if isinstance(m, zarr.Array)}
     foreground: dict[int, npt.NDArray[np.int32]] = {}
-    if isinstance(members.get("foreground"), zarr.Group):
-        for name, coords in members["foreground"].arrays():
-            foreground[int(name)] = np.asarray(coords[...], dtype=np.int32)
+    for name, coords in arrays.items():
+        if name.startswith("foreground/"):
+            # window_reader: a local entry's chunk file is decoded directly (chunkread.py)
+            values = np.asarray(window_reader(coords), dtype=np.int32)
+            foreground[int(name.removeprefix("foreground/"))] = values
     return _cached_from(attributes, arrays["image"], arrays.get("label"), foreground)
 
 

@@ -4,8 +4,9 @@ zarr v3's synchronous indexing hands every read to its event-loop thread and bac
 0.3 ms per chunk on top of the decompression itself; for a training patch that touches 8-64
 chunks this is as much time as the decoding (see docs/benchmarks.md). The cache writes its
 arrays in one simple, fixed form (regular chunks, ``/``-separated default chunk keys, the
-``bytes`` codec, optionally Blosc), so for arrays in a local folder this module reads the
-chunk files a window touches and decodes them with numcodecs' Blosc in the calling thread.
+``bytes`` codec, optionally Blosc or Zstandard), so for arrays in a local folder this module
+reads the chunk files a window touches and decodes them with numcodecs in the calling thread.
+``CompressedArray`` keeps an array as Blosc chunks in memory the same way (on-the-fly mode).
 
 Anything else (an object-store location, another codec, a sharded or differently keyed
 array) is read through zarr itself: ``window_reader`` only takes the fast path for arrays whose
@@ -44,17 +45,21 @@ class ChunkedArray:
         chunk_shape: tuple[int, ...],
         dtype: np.dtype[Any],
         fill_value: Any,
-        blosc: bool,
+        codec: str | None,
     ) -> None:
         self.shape = tuple(int(n) for n in shape)
         self.chunk_shape = tuple(int(n) for n in chunk_shape)
         self.dtype = np.dtype(dtype)
         self.fill_value = np.asarray(fill_value, dtype=self.dtype)
         self._codec: Any = None
-        if blosc:
+        if codec == "blosc":
             from numcodecs import Blosc
 
             self._codec = Blosc()  # decoding reads the codec settings from each chunk's header
+        elif codec == "zstd":
+            from numcodecs import Zstd
+
+            self._codec = Zstd()
 
     @property
     def ndim(self) -> int:
@@ -139,9 +144,9 @@ class ChunkFileReader(ChunkedArray):
         chunk_shape: tuple[int, ...],
         dtype: np.dtype[Any],
         fill_value: Any,
-        blosc: bool,
+        codec: str | None,
     ) -> None:
-        super().__init__(tuple(array.shape), chunk_shape, dtype, fill_value, blosc)
+        super().__init__(tuple(array.shape), chunk_shape, dtype, fill_value, codec)
         self.array = array
         self.folder = folder
 
@@ -169,9 +174,9 @@ class CompressedArray(ChunkedArray):
         dtype: np.dtype[Any],
         fill_value: Any,
         chunks: dict[tuple[int, ...], bytes],
-        blosc: bool,
+        codec: str | None,
     ) -> None:
-        super().__init__(shape, chunk_shape, dtype, fill_value, blosc)
+        super().__init__(shape, chunk_shape, dtype, fill_value, codec)
         self._chunks = chunks
 
     @classmethod
@@ -207,7 +212,7 @@ class CompressedArray(ChunkedArray):
                 continue
             block = np.ascontiguousarray(part)
             chunks[index] = block.tobytes() if codec is None else bytes(codec.encode(block))
-        return cls(data.shape, chunk_shape, dtype, fill, chunks, codec is not None)
+        return cls(data.shape, chunk_shape, dtype, fill, chunks, None if codec is None else "blosc")
 
     @property
     def nbytes_stored(self) -> int:
@@ -221,8 +226,12 @@ class CompressedArray(ChunkedArray):
         return self._chunks.get(index), shape, f"in-memory chunk {index}"
 
 
-def _fast_form(metadata: dict[str, Any]) -> tuple[tuple[int, ...], np.dtype[Any], bool] | None:
-    """``(chunk_shape, dtype, blosc)`` when the metadata is a form the reader handles."""
+_Form = tuple[tuple[int, ...], np.dtype[Any], str | None]
+
+
+def _fast_form(metadata: dict[str, Any]) -> _Form | None:
+    """``(chunk_shape, dtype, codec)`` when the metadata is a form the reader handles; codec
+    is None (``bytes`` only), ``blosc`` or ``zstd``."""
     if metadata.get("zarr_format") != 3 or metadata.get("storage_transformers"):
         return None
     grid = metadata.get("chunk_grid") or {}
@@ -235,9 +244,9 @@ def _fast_form(metadata: dict[str, Any]) -> tuple[tuple[int, ...], np.dtype[Any]
     if not codecs or codecs[0].get("name") != "bytes":
         return None
     endian = (codecs[0].get("configuration") or {}).get("endian", "little")
-    blosc = False
-    if len(codecs) == 2 and codecs[1].get("name") == "blosc":
-        blosc = True
+    codec = None
+    if len(codecs) == 2 and codecs[1].get("name") in ("blosc", "zstd"):
+        codec = str(codecs[1]["name"])
     elif len(codecs) != 1:
         return None
     try:
@@ -249,7 +258,7 @@ def _fast_form(metadata: dict[str, Any]) -> tuple[tuple[int, ...], np.dtype[Any]
     chunk_shape = tuple(int(n) for n in (grid.get("configuration") or {}).get("chunk_shape", ()))
     if len(chunk_shape) != len(metadata.get("shape", ())) or min(chunk_shape, default=0) < 1:
         return None
-    return chunk_shape, dtype.newbyteorder("<"), blosc
+    return chunk_shape, dtype.newbyteorder("<"), codec
 
 
 def window_reader(array: Any) -> Any:
@@ -266,6 +275,6 @@ def window_reader(array: Any) -> Any:
     form = _fast_form(metadata.to_dict())
     if form is None:
         return array
-    chunk_shape, dtype, blosc = form
+    chunk_shape, dtype, codec = form
     folder = Path(store.root).joinpath(*str(array.path).split("/"))
-    return ChunkFileReader(array, folder, chunk_shape, dtype, metadata.fill_value, blosc)
+    return ChunkFileReader(array, folder, chunk_shape, dtype, metadata.fill_value, codec)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import zarr
-from zarr.codecs import BloscCodec, GzipCodec
+from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
 from miscore.chunkread import ChunkFileReader, CompressedArray, window_reader
 from miscore.errors import PipelineError
@@ -46,6 +46,7 @@ def _windows(shape: tuple[int, ...], rng: np.random.Generator, count: int) -> li
         (np.float16, BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=2)),
         (np.uint8, BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=1)),
         (np.int16, None),
+        (np.int32, ZstdCodec(level=0)),
     ],
 )
 def test_windows_equal_zarr_reads(tmp_path: Path, dtype: Any, compressor: Any) -> None:
