@@ -81,6 +81,11 @@ class BatchMaker:
         )
 
     def sample(self, sample: Sample) -> Batch:
+        """One sample's ``(image, one-hot target)``."""
+        image, label = self._augmented(sample)
+        return np.asarray(image, dtype=np.float32), one_hot(label, self.n_classes)
+
+    def _augmented(self, sample: Sample) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         window = _as_window(sample.window)
         patch_shape = tuple(s.stop - s.start for s in window)
         region = window
@@ -101,7 +106,7 @@ class BatchMaker:
                 self.augmentations, image, label, rng, out_shape=patch_shape
             )
         assert label is not None
-        return np.asarray(image, dtype=np.float32), one_hot(label, self.n_classes)
+        return image, label
 
     def _margins(self, patch_shape: tuple[int, ...]) -> tuple[int, ...]:
         axis = self.patching.slice_axis if self.patching.mode == "slice" else -1
@@ -110,8 +115,23 @@ class BatchMaker:
         )
 
     def batch(self, samples: Sequence[Sample]) -> Batch:
-        pairs = [self.sample(s) for s in samples]
-        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+        """The samples stacked: each is written straight into its slot of the batch arrays."""
+        x: npt.NDArray[np.float32] | None = None
+        y: npt.NDArray[np.float32] | None = None
+        for i, sample in enumerate(samples):
+            image, label = self._augmented(sample)
+            if x is None or y is None:
+                x = np.empty((len(samples), *image.shape), dtype=np.float32)
+                y = np.empty((len(samples), *label.shape[:-1], self.n_classes), np.float32)
+            if image.shape != x.shape[1:]:
+                raise InputError(
+                    f"samples of one batch differ in shape: {x.shape[1:]} and {image.shape}"
+                )
+            x[i] = image
+            one_hot(label, self.n_classes, out=y[i])
+        if x is None or y is None:
+            raise InputError("a batch needs at least one sample")
+        return x, y
 
 
 # --- process workers ----------------------------------------------------------------------

@@ -139,10 +139,13 @@ def postprocess_prediction(
     return current
 
 
-def one_hot(label: npt.NDArray[Any], n_classes: int) -> npt.NDArray[np.float32]:
+def one_hot(
+    label: npt.NDArray[Any], n_classes: int, out: npt.NDArray[np.float32] | None = None
+) -> npt.NDArray[np.float32]:
     """``(*spatial, 1)`` or ``(*spatial,)`` class ids -> ``(*spatial, n_classes)`` float32.
 
-    Labels stay integer on disk and in the cache; batches are one-hot encoded here.
+    Labels stay integer on disk and in the cache; batches are one-hot encoded here. ``out``
+    (e.g. a sample's slot of a batch array) receives the result instead of a new array.
     """
     array = np.asarray(label)
     if array.ndim >= 1 and array.shape[-1] == 1:
@@ -159,7 +162,10 @@ def one_hot(label: npt.NDArray[Any], n_classes: int) -> npt.NDArray[np.float32]:
                 "set data.classes to the number of classes, background included"
             )
     # One comparison per class straight into the output: 3x faster than indexing np.eye.
-    encoded = np.empty((*array.shape, n_classes), dtype=np.float32)
+    shape = (*array.shape, n_classes)
+    if out is not None and (out.shape != shape or out.dtype != np.float32):
+        raise InputError(f"one_hot out is {out.dtype}{out.shape}; needs float32{shape}")
+    encoded = np.empty(shape, dtype=np.float32) if out is None else out
     for cls in range(n_classes):
         np.equal(array, cls, out=encoded[..., cls])
     return encoded

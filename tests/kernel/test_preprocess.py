@@ -111,3 +111,14 @@ def test_one_hot() -> None:
         one_hot(bad, 3)
     with pytest.raises(miscore.InputError, match="integer"):
         one_hot(np.zeros(3, np.float32), 3)
+
+
+def test_one_hot_into_a_batch_slot() -> None:
+    label = np.array([[0, 1], [2, 1]], np.uint8)[..., None]
+    batch = np.full((2, 2, 2, 3), 7.0, np.float32)
+    result = one_hot(label, 3, out=batch[1])
+    assert np.shares_memory(result, batch)
+    np.testing.assert_array_equal(batch[1], one_hot(label, 3))
+    assert np.all(batch[0] == 7.0)  # the other slot is untouched
+    with pytest.raises(miscore.InputError, match="out"):
+        one_hot(label, 4, out=batch[1])
