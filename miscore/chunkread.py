@@ -184,7 +184,7 @@ class CompressedArray(ChunkedArray):
         cls,
         array: npt.ArrayLike,
         chunk_shape: Sequence[int],
-        compression: str = "zstd",
+        compression: str = "lz4",
         fill_value: Any = 0,
     ) -> CompressedArray:
         """Compress ``array`` chunk by chunk: ``compression`` is a Blosc codec name (the

@@ -158,7 +158,7 @@ class CacheConfig(Section):
         None, description="store path or URL; --cache and MISCORE_CACHE_DIR override it"
     )
     compression: Literal["zstd", "lz4", "none"] = Field(
-        "zstd", description="Blosc codec: zstd is smaller, lz4 faster"
+        "lz4", description="Blosc codec: lz4 reads fastest, zstd is smaller on disk"
     )
     float16: bool = Field(False, description="store images as float16 (half the size)")
     content_hash: bool = Field(False, description="key inputs by content, not path+size+mtime")
