@@ -196,7 +196,7 @@ def test_cache_settings_are_part_of_the_key(
         pipeline.get(CaseCache(tmp_path / "c", settings), input_file).key
         for settings in (
             CacheSettings(),
-            CacheSettings(compression="lz4"),
+            CacheSettings(compression="zstd"),
             CacheSettings(float16=True),
         )
     }
