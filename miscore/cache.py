@@ -44,6 +44,7 @@ the newest hit recorded under ``stats/`` (or its creation).
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -82,6 +83,8 @@ TEMP = "tmp"
 STATS = "stats"
 #: Object stores: the folder of per-writer data prefixes.
 DATA = "data"
+#: Object stores: tries of a create-only marker PUT that S3 answers with 409 (a race).
+_CREATE_ATTEMPTS = 5
 #: Spatial chunk length per axis when none is given: 64^3 for 3D, 256^2 for 2D.
 DEFAULT_CHUNK = {3: 64, 2: 256}
 #: Foreground voxel coordinates kept per class (a uniform random subset).
@@ -327,8 +330,9 @@ def make_key(
 class CachedCase:
     """A preprocessed case as the loader reads it.
 
-    ``image`` and ``label`` are zarr arrays (from the disk cache) or numpy arrays (on-the-fly
-    mode); both slice the same way and return numpy arrays, ``(*spatial, C)``.
+    ``image`` and ``label`` are zarr arrays (from the disk cache) or
+    ``miscore.chunkread.CompressedArray`` (on-the-fly mode); both slice the same way and
+    return numpy arrays, ``(*spatial, C)``.
     ``foreground`` maps each class present (1, 2, ...) to an ``(n, ndim)`` int32 array of
     voxel coordinates (a random subset); ``class_voxels`` counts every class's voxels.
     """
@@ -1146,8 +1150,13 @@ class ObjectStoreCache(CaseCache):
             return None
         try:
             return self._open_prefix(marker["data"])
-        except FileNotFoundError:  # removed by `cache clear` meanwhile
+        except (FileNotFoundError, KeyError):  # removed (or being removed) by `cache clear`
             return None
+        except Exception as exc:  # botocore and aiohttp errors are not all OSErrors
+            raise PipelineError(
+                f"cache {self.url}: cannot open the entry {marker['data']} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
 
     def _record(self, hit: bool, key: CacheKey | None = None) -> None:
         # Objects cannot be appended to: one empty object per counted lookup. Its name holds
@@ -1216,13 +1225,21 @@ class ObjectStoreCache(CaseCache):
     def _put_new(self, path: str, body: bytes) -> None:
         """Write ``body`` unless ``path`` exists (FileExistsError); as atomic as the store
         allows: S3's conditional PUT, else check then write."""
-        try:
-            self.fs.pipe_file(path, body, mode="create")
-            return
-        except FileExistsError:
-            raise
-        except Exception:  # no create mode here (an old fsspec, a store without it)
-            pass
+        for attempt in range(_CREATE_ATTEMPTS):
+            try:
+                self.fs.pipe_file(path, body, mode="create")
+                return
+            except FileExistsError:
+                raise
+            except (TypeError, NotImplementedError):  # no create mode: check, then write
+                break
+            except OSError as exc:
+                # S3 answers 409 (s3fs: EBUSY) when conditional writes of one object race;
+                # asked again, the loser gets 412 (FileExistsError). Never fall back to a
+                # blind write here: the other writer's marker may be landing.
+                if exc.errno != errno.EBUSY or attempt == _CREATE_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
         try:
             self.fs.cat_file(path)
         except FileNotFoundError:
@@ -1240,12 +1257,26 @@ class ObjectStoreCache(CaseCache):
             if winner is not None and winner["data"] != marker["data"]:
                 try:
                     cached = self._open_prefix(winner["data"])
-                except FileNotFoundError:
-                    pass  # a marker whose data is gone: ours replaces it
+                except (FileNotFoundError, KeyError):
+                    pass  # a marker whose data is gone (or going): ours replaces it
                 else:
                     self._remove(marker["data"])  # never referenced, so nobody reads it
                     return cached
+            # an untrusted marker, or one whose data is gone: ours replaces it
             self.fs.pipe_file(path, body)
+            return self._adopt_published(digest, marker)
+        return self._open_prefix(marker["data"])
+
+    def _adopt_published(self, digest: str, marker: dict[str, Any]) -> CachedCase:
+        """After replacing a marker without create-only semantics: open what the marker
+        names now. Another writer replacing it at the same moment may have won; its entry
+        then serves this process too, so that no process keeps reading a prefix that no
+        marker names (``clean_temp`` removes those once stale). Ours is left to
+        ``clean_temp``: a reader may have opened it in between."""
+        final = self._read_marker(digest)
+        if final is not None and final["data"] != marker["data"]:
+            with contextlib.suppress(FileNotFoundError, KeyError):
+                return self._open_prefix(final["data"])
         return self._open_prefix(marker["data"])
 
     # --- housekeeping -------------------------------------------------------------------
@@ -1262,16 +1293,26 @@ class ObjectStoreCache(CaseCache):
     def clean_temp(self, older_than_s: float = 0.0) -> int:
         """Remove data prefixes that no marker names (crashed or lost builds) and that are
         older than ``older_than_s`` seconds; return how many."""
-        removed = 0
         now = time.time()
+        by_digest: dict[str, list[tuple[str, float]]] = {}
         for name, digest, created in self._prefixes():
-            if now - created < older_than_s:
+            by_digest.setdefault(digest, []).append((name, created))
+        published = {n.removesuffix(".json") for n in self._names(ENTRIES) if n.endswith(".json")}
+        removed = 0
+        for digest, prefixes in by_digest.items():
+            stale = [name for name, created in prefixes if now - created >= older_than_s]
+            if not stale:
                 continue
-            marker = self._read_marker(digest)
-            if marker is not None and marker["data"] == f"{DATA}/{name}":
-                continue
-            self._remove(DATA, name)
-            removed += 1
+            named: str | None = None
+            if digest in published:
+                if len(prefixes) == 1:
+                    continue  # the usual case: the one prefix of a published entry (no GET)
+                marker = self._read_marker(digest)
+                named = None if marker is None else marker["data"].removeprefix(f"{DATA}/")
+            for name in stale:
+                if name != named:
+                    self._remove(DATA, name)
+                    removed += 1
         return removed
 
     def _temp_count(self) -> int:

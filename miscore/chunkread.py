@@ -126,6 +126,8 @@ class ChunkedArray:
         return out
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> npt.NDArray[Any]:
+        if 0 in self.shape:
+            return np.empty(self.shape, dtype=self.dtype if dtype is None else dtype)
         whole: npt.NDArray[Any] = np.asarray(self[tuple(slice(0, n) for n in self.shape)])
         return whole if dtype is None else whole.astype(dtype)
 
@@ -193,7 +195,7 @@ class CompressedArray(ChunkedArray):
         dtype = data.dtype.newbyteorder("<") if data.dtype.itemsize > 1 else data.dtype
         data = data.astype(dtype, copy=False)
         chunk_shape = tuple(
-            min(int(c), int(n)) for c, n in zip(chunk_shape, data.shape, strict=True)
+            max(1, min(int(c), int(n))) for c, n in zip(chunk_shape, data.shape, strict=True)
         )
         codec: Any = None
         if compression != "none":

@@ -6,6 +6,7 @@ concurrent writers, the CLI and a training run whose worker processes reopen the
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -276,6 +277,69 @@ def test_two_concurrent_writers_leave_one_valid_entry(url: str, tmp_path: Path) 
     assert cache.put(key, case).key == key.digest
     assert cache.fs.cat_file(marker_path) == winner
     assert len(objects(cache, "data")) == 1 and cache.info().temp_folders == 0
+
+
+def test_a_conflict_on_the_marker_put_is_asked_again_not_overwritten(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 answers racing conditional PUTs with 409 (EBUSY through s3fs): the PUT is asked
+    again, gets "exists", and the writer reads the winner's entry instead of overwriting."""
+    cache = CaseCache(url, SETTINGS)
+    assert isinstance(cache, ObjectStoreCache)
+    case, key = race_key(cache)
+    winner = cache.put(key, case)
+    marker_path = f"{cache.path}/entries/{key.digest}.json"
+    published = cache.fs.cat_file(marker_path)
+    cache.fs.rm(marker_path)  # as if the winner's PUT had not landed yet when we asked
+    calls: list[str] = []
+    real_pipe = cache.fs.pipe_file
+
+    def racing_pipe(path: str, value: bytes, mode: str = "overwrite", **kw: Any) -> None:
+        if path == marker_path:
+            calls.append(mode)
+            if len(calls) == 1:  # the winner's PUT lands while ours conflicts
+                real_pipe(path, published)
+                raise OSError(errno.EBUSY, "ConditionalRequestConflict")
+        real_pipe(path, value, mode=mode, **kw)
+
+    monkeypatch.setattr(cache.fs, "pipe_file", racing_pipe)
+    again = cache.put(key, case)
+    assert calls == ["create", "create"]  # asked again; never a blind overwrite
+    assert cache.fs.cat_file(marker_path) == published
+    np.testing.assert_array_equal(again.image[...], winner.image[...])
+    assert cache.info().temp_folders == 0  # the loser removed its never-named prefix
+
+
+@pytest.mark.filterwarnings("ignore:Object at image is not recognized")
+def test_an_entry_removed_under_a_reader_is_a_miss_not_a_crash(url: str) -> None:
+    cache = CaseCache(url, SETTINGS)
+    assert isinstance(cache, ObjectStoreCache)
+    case, key = race_key(cache)
+    cache.put(key, case)
+    marker = json.loads(cache.fs.cat_file(f"{cache.path}/entries/{key.digest}.json"))
+    # `cache clear` in another process got as far as the image array, not the group
+    cache.fs.rm(f"{cache.path}/{marker['data']}/case.zarr/image", recursive=True)
+    assert cache.get(key) is None
+    rebuilt = cache.get_or_build(key, lambda: case)  # the dangling marker is replaced
+    np.testing.assert_array_equal(rebuilt.image[...], case.image.array)
+
+
+def test_clean_temp_removes_only_unnamed_stale_prefixes(url: str) -> None:
+    cache = CaseCache(url, SETTINGS)
+    assert isinstance(cache, ObjectStoreCache)
+    case, key = race_key(cache)
+    cache.put(key, case)
+    named = objects(cache, "data")
+    assert len(named) == 1
+    # a lost build of the same key (complete arrays, no marker names it), one of another key
+    # that never published, both a day old; and the named prefix is old too
+    day_old = int(time.time()) - 86400
+    for digest in (key.digest, "f" * 40):
+        lost = f"{digest}.{day_old}.1.abcd1234"
+        cache.fs.pipe_file(f"{cache.path}/data/{lost}/case.zarr/zarr.json", b"{}")
+    assert cache.clean_temp(older_than_s=3600) == 2
+    assert objects(cache, "data") == named
+    assert cache.get(key) is not None
 
 
 # --- housekeeping and the command line --------------------------------------------------

@@ -152,3 +152,9 @@ def test_compressed_array_is_smaller_and_skips_empty_chunks() -> None:
     assert len(packed._chunks) == 1  # only the chunk with foreground
     assert packed.nbytes_stored < label.nbytes / 50
     np.testing.assert_array_equal(np.asarray(packed), label)
+
+
+def test_compressed_array_with_an_empty_axis() -> None:
+    empty = CompressedArray.from_array(np.zeros((0, 5, 4, 1), np.float32), (16, 16, 16, 1))
+    assert np.asarray(empty).shape == (0, 5, 4, 1)
+    assert empty[...].shape == (0, 5, 4, 1)
