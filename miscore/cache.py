@@ -1316,9 +1316,13 @@ class ObjectStoreCache(CaseCache):
         return removed
 
     def _temp_count(self) -> int:
-        markers = self._markers()
-        named = {m["data"] for m, _size in markers.values() if m is not None}
-        return sum(1 for name, _d, _t in self._prefixes() if f"{DATA}/{name}" not in named)
+        """Data prefixes that no marker names, from two listings (no marker is read): every
+        prefix of a key without a marker, and all but one of a key with one."""
+        published = {n.removesuffix(".json") for n in self._names(ENTRIES) if n.endswith(".json")}
+        per_digest: dict[str, int] = {}
+        for _name, digest, _created in self._prefixes():
+            per_digest[digest] = per_digest.get(digest, 0) + 1
+        return sum(n - 1 if d in published else n for d, n in per_digest.items())
 
     def entries(self) -> list[CacheEntry]:
         """Every complete entry, oldest first."""
