@@ -62,7 +62,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field
 
-from miscore.chunkread import CompressedArray, window_reader
+from miscore.chunkread import CompressedArray, blosc_settings, window_reader
 from miscore.errors import InputError, PipelineError
 from miscore.volume import Case, Volume
 
@@ -801,9 +801,7 @@ class CaseCache(CaseSource):
 
         if self.settings.compression == "none":
             return None
-        clevel = 3 if self.settings.compression == "zstd" else 5
-        # Byte shuffle groups the bytes of multi-byte values; bit shuffle suits 1-byte labels.
-        shuffle: Literal["shuffle", "bitshuffle"] = "shuffle" if itemsize > 1 else "bitshuffle"
+        clevel, shuffle = blosc_settings(self.settings.compression, itemsize)
         return BloscCodec(
             cname=self.settings.compression, clevel=clevel, shuffle=shuffle, typesize=itemsize
         )
@@ -1109,12 +1107,11 @@ class ObjectStoreCache(CaseCache):
 
     def _markers(self) -> dict[str, tuple[dict[str, Any] | None, int]]:
         """Every marker under entries/: ``{digest: (marker or None if invalid, bytes)}``."""
-        names = [n for n in self._names(ENTRIES) if n.endswith(".json")]
-        paths = [self._abs(ENTRIES, n) for n in names]
+        digests = self._published()
+        paths = [self._marker_path(d) for d in digests]
         raw = self.fs.cat(paths, on_error="omit") if paths else {}
         found: dict[str, tuple[dict[str, Any] | None, int]] = {}
-        for name, path in zip(names, paths, strict=True):
-            digest = name.removesuffix(".json")
+        for digest, path in zip(digests, paths, strict=True):
             content = raw.get(path)
             if content is None:  # removed meanwhile
                 continue
@@ -1281,25 +1278,26 @@ class ObjectStoreCache(CaseCache):
 
     # --- housekeeping -------------------------------------------------------------------
 
-    def _prefixes(self) -> list[tuple[str, str, float]]:
-        """``(name, digest, unix time)`` of every data prefix."""
-        found = []
+    def _published(self) -> list[str]:
+        """The keys that have a marker object under entries/ (one listing, no marker read)."""
+        return [n.removesuffix(".json") for n in self._names(ENTRIES) if n.endswith(".json")]
+
+    def _prefixes(self) -> dict[str, list[tuple[str, float]]]:
+        """Every data prefix by key: ``{digest: [(name, unix time), ...]}`` (one listing)."""
+        found: dict[str, list[tuple[str, float]]] = {}
         for name in self._names(DATA):
             parts = _prefix_parts(name)
             if parts is not None:
-                found.append((name, *parts))
+                found.setdefault(parts[0], []).append((name, parts[1]))
         return found
 
     def clean_temp(self, older_than_s: float = 0.0) -> int:
         """Remove data prefixes that no marker names (crashed or lost builds) and that are
         older than ``older_than_s`` seconds; return how many."""
         now = time.time()
-        by_digest: dict[str, list[tuple[str, float]]] = {}
-        for name, digest, created in self._prefixes():
-            by_digest.setdefault(digest, []).append((name, created))
-        published = {n.removesuffix(".json") for n in self._names(ENTRIES) if n.endswith(".json")}
+        published = set(self._published())
         removed = 0
-        for digest, prefixes in by_digest.items():
+        for digest, prefixes in self._prefixes().items():
             stale = [name for name, created in prefixes if now - created >= older_than_s]
             if not stale:
                 continue
@@ -1318,11 +1316,8 @@ class ObjectStoreCache(CaseCache):
     def _temp_count(self) -> int:
         """Data prefixes that no marker names, from two listings (no marker is read): every
         prefix of a key without a marker, and all but one of a key with one."""
-        published = {n.removesuffix(".json") for n in self._names(ENTRIES) if n.endswith(".json")}
-        per_digest: dict[str, int] = {}
-        for _name, digest, _created in self._prefixes():
-            per_digest[digest] = per_digest.get(digest, 0) + 1
-        return sum(n - 1 if d in published else n for d, n in per_digest.items())
+        published = set(self._published())
+        return sum(len(p) - (d in published) for d, p in self._prefixes().items())
 
     def entries(self) -> list[CacheEntry]:
         """Every complete entry, oldest first."""

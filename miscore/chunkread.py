@@ -19,16 +19,22 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from miscore.errors import PipelineError
 
-__all__ = ["ChunkFileReader", "ChunkedArray", "CompressedArray", "window_reader"]
+__all__ = ["ChunkFileReader", "ChunkedArray", "CompressedArray", "blosc_settings", "window_reader"]
 
 _REMEDY = "remove the cache entry (`miscore cache clear`) and run again"
+
+
+def blosc_settings(compression: str, itemsize: int) -> tuple[int, Literal["shuffle", "bitshuffle"]]:
+    """The cache's Blosc level and shuffle for a codec name (``zstd``/``lz4``) and item size:
+    byte shuffle groups the bytes of multi-byte values; bit shuffle suits 1-byte labels."""
+    return (3 if compression == "zstd" else 5), ("shuffle" if itemsize > 1 else "bitshuffle")
 
 
 class ChunkedArray:
@@ -60,10 +66,6 @@ class ChunkedArray:
             from numcodecs import Zstd
 
             self._codec = Zstd()
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
 
     def _raw(self, index: tuple[int, ...]) -> tuple[bytes | None, tuple[int, ...], str]:
         """The stored bytes of chunk ``index`` (None: never written, all fill value), the
@@ -201,9 +203,12 @@ class CompressedArray(ChunkedArray):
         if compression != "none":
             from numcodecs import Blosc
 
-            shuffle = Blosc.SHUFFLE if data.dtype.itemsize > 1 else Blosc.BITSHUFFLE
-            level = 3 if compression == "zstd" else 5
-            codec = Blosc(cname=compression, clevel=level, shuffle=shuffle)
+            level, shuffle = blosc_settings(compression, data.dtype.itemsize)
+            codec = Blosc(
+                cname=compression,
+                clevel=level,
+                shuffle=Blosc.SHUFFLE if shuffle == "shuffle" else Blosc.BITSHUFFLE,
+            )
         fill = np.asarray(fill_value, dtype=dtype)
         chunks: dict[tuple[int, ...], bytes] = {}
         counts = [range(-(-n // c)) for n, c in zip(data.shape, chunk_shape, strict=True)]

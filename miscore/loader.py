@@ -80,12 +80,8 @@ class BatchMaker:
             for a in self.augmentations
         )
 
-    def sample(self, sample: Sample) -> Batch:
-        """One sample's ``(image, one-hot target)``."""
-        image, label = self._augmented(sample)
-        return np.asarray(image, dtype=np.float32), one_hot(label, self.n_classes)
-
     def _augmented(self, sample: Sample) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """One sample's window read and augmented: ``(image, integer label)``."""
         window = _as_window(sample.window)
         patch_shape = tuple(s.stop - s.start for s in window)
         region = window
