@@ -107,8 +107,18 @@ class TrainingConfig(Section):
 
     epochs: int = Field(50, ge=1, description="passes of steps_per_epoch batches")
     batch_size: int = Field(2, ge=1, description="patches per training step")
-    steps_per_epoch: int | None = Field(None, ge=1, description="None: one pass over the cases")
+    steps_per_epoch: int | None = Field(
+        None,
+        ge=1,
+        description="training steps (batches) per epoch; None: one pass over the cases' "
+        "samples, so few cases mean few steps (planned configs set it: nnU-Net uses 250)",
+    )
     learning_rate: float = Field(1e-3, gt=0, description="the optimizer's initial rate")
+    lr_schedule: Literal["constant", "poly"] = Field(
+        "constant",
+        description="poly: the rate falls as (1 - step / all steps) ** 0.9 to 0 at the last "
+        "step (nnU-Net); constant: it stays (reduce_lr_patience may still halve it)",
+    )
     optimizer: Literal["adam", "adamw", "sgd"] = Field(
         "adam", description="adam, adamw, or sgd with momentum 0.99"
     )
@@ -126,6 +136,12 @@ class TrainingConfig(Section):
     mixed_precision: bool = Field(
         False, description="16-bit compute (float16 on GPU, bfloat16 on CPU), float32 weights"
     )
+    inference_dice: bool = Field(
+        True,
+        description="every epoch, Dice of fixed patches (validation cases, else training "
+        "cases) predicted in inference mode and in training mode, to show a model that is "
+        "good only in training mode (batch normalization)",
+    )
     workers: int = Field(1, ge=1, description="processes that sample and augment patches")
     distribute: Literal["auto", "none", "mirrored"] = Field(
         "auto", description="auto: MirroredStrategy when several GPUs are visible"
@@ -133,6 +149,15 @@ class TrainingConfig(Section):
     devices: list[str] | None = Field(
         None, description="devices for MirroredStrategy, e.g. ['/gpu:0', '/gpu:1']"
     )
+
+    @model_validator(mode="after")
+    def _one_rate_rule(self) -> TrainingConfig:
+        if self.lr_schedule != "constant" and self.reduce_lr_patience is not None:
+            raise ValueError(
+                f"lr_schedule {self.lr_schedule!r} sets the rate of every step; "
+                "reduce_lr_patience cannot change it too: leave one of them out"
+            )
+        return self
 
 
 class InferenceConfig(Section):

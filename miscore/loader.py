@@ -320,8 +320,12 @@ class PatchLoader:
             yield from self.epoch_batches(epoch)
             epoch += 1
 
-    def validation(self, cases: Sequence[Any], per_case: int = 2) -> Batch | None:
-        """Fixed validation patches (no augmentation), the same every epoch."""
+    def validation(
+        self, cases: Sequence[Any], per_case: int = 2, limit: int | None = None
+    ) -> Batch | None:
+        """Fixed validation patches (no augmentation), the same every epoch.
+
+        ``limit`` keeps at most that many, spread evenly over the cases' samples."""
         if not cases:
             return None
         maker = BatchMaker(list(cases), self.config.patching, [], self.maker.n_classes)
@@ -334,6 +338,9 @@ class PatchLoader:
             samples += [Sample(index, _bounds(w), (0,)) for w in windows[:per_case]]
         if not samples:
             return None
+        if limit is not None and len(samples) > limit:
+            keep = np.linspace(0, len(samples) - 1, limit).round().astype(int)
+            samples = [samples[i] for i in keep]
         sizes = {tuple(b - a for a, b in s.window) for s in samples}
         if len(sizes) > 1:
             raise InputError(

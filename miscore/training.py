@@ -28,6 +28,7 @@ import numpy as np
 from miscore.atomic import atomic_output, write_text_atomic
 from miscore.config import Config
 from miscore.errors import InputError, PipelineError
+from miscore.modecheck import INFERENCE_COLUMN, TRAINING_COLUMN, degenerate_warning
 from miscore.modeldir import (
     ComponentRecord,
     ModelDir,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
     from miscore.cache import CachedCase
     from miscore.loader import PatchLoader
+    from miscore.modecheck import ModeCheck
     from miscore.plugins import PluginManager
 
 
@@ -53,6 +55,7 @@ class TrainResult:
     epochs: int = 0
     best: float | None = None
     monitor: str = "loss"
+    warning: str | None = None
 
 
 # --- building and compiling ---------------------------------------------------------------
@@ -77,16 +80,35 @@ def build_loss(config: Config, plugins: PluginManager, n_classes: int) -> Any:
         ) from None
 
 
-def build_optimizer(config: Config) -> Any:
+def learning_rate(config: Config, total_steps: int) -> Any:
+    """The configured rate: a number, or a Keras schedule over the run's ``total_steps``.
+
+    ``poly`` is nnU-Net's ``lr * (1 - step / total) ** 0.9``, a built-in Keras schedule, so
+    it is saved in ``model.keras`` and a resumed run continues it from the optimizer's step.
+    """
     import keras
 
     training = config.training
+    if training.lr_schedule == "poly":
+        return keras.optimizers.schedules.PolynomialDecay(
+            training.learning_rate,
+            decay_steps=max(1, total_steps),
+            end_learning_rate=0.0,
+            power=0.9,
+        )
+    return training.learning_rate
+
+
+def build_optimizer(config: Config, total_steps: int = 1) -> Any:
+    """The configured optimizer; ``total_steps`` (epochs x steps) sizes a rate schedule."""
+    import keras
+
     optimizers: dict[str, Callable[..., Any]] = {
         "adam": keras.optimizers.Adam,
         "adamw": keras.optimizers.AdamW,
         "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.99),
     }
-    return optimizers[training.optimizer](learning_rate=training.learning_rate)
+    return optimizers[config.training.optimizer](learning_rate=learning_rate(config, total_steps))
 
 
 def distribution_strategy(config: Config) -> Any:
@@ -124,10 +146,14 @@ def precision_policy(config: Config) -> Iterator[None]:
 
 
 def compile_model(
-    model: keras.Model, config: Config, plugins: PluginManager, n_classes: int
+    model: keras.Model,
+    config: Config,
+    plugins: PluginManager,
+    n_classes: int,
+    total_steps: int = 1,
 ) -> None:
     model.compile(
-        optimizer=build_optimizer(config),
+        optimizer=build_optimizer(config, total_steps),
         loss=build_loss(config, plugins, n_classes),
         metrics=list(config.model.metrics),
     )
@@ -167,15 +193,22 @@ def plot_curves(path: Path, history: Sequence[dict[str, float]]) -> None:
     import matplotlib.pyplot as plt
 
     names = sorted({k for row in history for k in row if k not in {"epoch", "learning_rate"}})
-    bases = sorted({n.removeprefix("val_") for n in names})
-    if not bases:
+    # one panel per metric, validation dashed beside training; both modes' Dice in one panel
+    panels: dict[str, list[tuple[str, str]]] = {}
+    for name in names:
+        if name in (INFERENCE_COLUMN, TRAINING_COLUMN):
+            style = "-" if name == INFERENCE_COLUMN else ":"
+            panels.setdefault("fixed-patch Dice", []).append((name, style))
+        else:
+            base = name.removeprefix("val_")
+            panels.setdefault(base, []).append((name, "--" if name != base else "-"))
+    if not panels:
         return
-    figure, axes = plt.subplots(1, len(bases), figsize=(5 * len(bases), 3.5), squeeze=False)
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
     epochs = [row["epoch"] for row in history]
-    for ax, base in zip(axes[0], bases, strict=True):
-        for name, style in ((base, "-"), (f"val_{base}", "--")):
-            if name in names:
-                ax.plot(epochs, [row.get(name, np.nan) for row in history], style, label=name)
+    for ax, (base, lines) in zip(axes[0], sorted(panels.items()), strict=True):
+        for name, style in sorted(lines):
+            ax.plot(epochs, [row.get(name, np.nan) for row in history], style, label=name)
         ax.set_xlabel("epoch")
         ax.set_title(base)
         ax.legend()
@@ -194,8 +227,11 @@ def make_recorder(
     best: float | None,
     log: Callable[[str], None],
     schedules: dict[str, Any] | None = None,
+    check: ModeCheck | None = None,
 ) -> Any:
     """The callback that logs, plots, checkpoints and calls the ``epoch_end`` hook.
+
+    ``check`` adds the inference- and training-mode Dice of fixed patches to every epoch.
 
     ``schedules`` (early stopping, LR plateau) have their counters saved with the checkpoint,
     so that ``--resume`` stops and lowers the rate when the uninterrupted run would have.
@@ -221,6 +257,8 @@ def make_recorder(
                     f"epoch {epoch + 1}: the training loss is {loss} ({kept}); lower "
                     "training.learning_rate or check the data"
                 )
+            if check is not None:
+                values.update(check(self.model))
             with contextlib.suppress(AttributeError, TypeError, ValueError):
                 values["learning_rate"] = float(
                     keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
@@ -341,6 +379,7 @@ def fit_model(
     folder = ModelDir(model_dir)
     total = epochs or config.training.epochs
     monitor = "val_loss" if validation is not None else "loss"
+    total_steps = total * loader.steps_per_epoch
     history: list[dict[str, float]] = []
     best: float | None = None
     initial_epoch = 0
@@ -368,7 +407,7 @@ def fit_model(
             # compile=True restores the optimizer with its state, and the loss
             model = load_keras_model(folder.last_checkpoint, objects, compile=True)
             if getattr(model, "optimizer", None) is None:
-                compile_model(model, config, plugins, info.n_classes)
+                compile_model(model, config, plugins, info.n_classes, total_steps)
         log(f"resuming after epoch {initial_epoch} from {folder.last_checkpoint}")
     else:
         if resume:
@@ -377,7 +416,7 @@ def fit_model(
             refuse_used_folder(folder)
         with scope, precision_policy(config):
             model = architecture.build(info.input_shape, info.n_classes)
-            compile_model(model, config, plugins, info.n_classes)
+            compile_model(model, config, plugins, info.n_classes, total_steps)
     if initial_epoch >= total:
         log(f"already trained for {initial_epoch} epochs (asked for {total})")
         return TrainResult(folder.path, history, initial_epoch, best, monitor)
@@ -401,7 +440,8 @@ def fit_model(
     callbacks: list[Any] = list(schedules.values())
     if progress:
         callbacks.append(make_progress(loader.steps_per_epoch, total))
-    callbacks.append(make_recorder(folder, plugins, history, monitor, best, log, schedules))
+    check = mode_check(config, loader, validation, distributed=strategy is not None)
+    callbacks.append(make_recorder(folder, plugins, history, monitor, best, log, schedules, check))
     steps = loader.steps_per_epoch
     batches: Any = loader.forever(initial_epoch)
     validation_data: Any = validation
@@ -429,7 +469,36 @@ def fit_model(
     info.epochs_trained = int(history[-1]["epoch"]) if history else initial_epoch
     folder.write_metadata(config, info)
     recorder = callbacks[-1]
-    return TrainResult(folder.path, history, info.epochs_trained, recorder.best, monitor)
+    warning = degenerate_warning(history, check.source if check else "")
+    if warning:
+        log(warning)
+    return TrainResult(folder.path, history, info.epochs_trained, recorder.best, monitor, warning)
+
+
+#: fixed patches the inference-mode check predicts every epoch (twice: both modes)
+CHECK_PATCHES = 8
+
+
+def mode_check(
+    config: Config,
+    loader: PatchLoader,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    distributed: bool = False,
+) -> ModeCheck | None:
+    """The per-epoch inference-mode check: validation patches, else fixed training ones."""
+    from miscore.modecheck import ModeCheck
+
+    if not config.training.inference_dice:
+        return None
+    if validation is not None:
+        x, y = validation[0][:CHECK_PATCHES], validation[1][:CHECK_PATCHES]
+        source = "validation"
+    else:
+        fixed = loader.validation(loader.cases, limit=CHECK_PATCHES)
+        if fixed is None:
+            return None
+        (x, y), source = fixed, "training"
+    return ModeCheck(x, y, config.training.batch_size, source, training_mode=not distributed)
 
 
 def refuse_used_folder(folder: ModelDir) -> None:

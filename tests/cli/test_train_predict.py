@@ -57,7 +57,12 @@ def test_the_model_folder_holds_everything_predict_needs(trained: Path) -> None:
         assert (model / name).is_file(), name
     assert (model / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     history = (model / "history.tsv").read_text().splitlines()
-    assert history[0].split("\t")[:2] == ["epoch", "learning_rate"]
+    assert history[0].split("\t")[:4] == [
+        "epoch",
+        "dice_inference",
+        "dice_training_mode",
+        "learning_rate",
+    ]
     assert [line.split("\t")[0] for line in history[1:]] == [str(e) for e in range(1, 16)]
     info = json.loads((model / "miscore.json").read_text())
     assert info["input_shape"] == [32, 32, 32, 1]
