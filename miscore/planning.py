@@ -39,6 +39,10 @@ BASE_FILTERS = 32
 USABLE_SHARE = 0.75
 MAX_DEPTH = 5
 MIN_BOTTOM_VOXELS = 4
+#: nnU-Net's training length: 1000 epochs of 250 steps (planned without --budget)
+FULL_EPOCHS = 1000
+STEPS_PER_EPOCH = 250
+LEARNING_RATE = 1e-3
 
 
 def estimate_memory_bytes(patch: Sequence[int], filters: int = BASE_FILTERS) -> float:
@@ -111,12 +115,15 @@ def _ras_order(axcodes: str) -> list[int]:
     return [next(i for i, c in enumerate(axcodes) if c in pair) for pair in pairs]
 
 
+def depth_for(shape: Sequence[int]) -> int:
+    """Poolings for a patch: its smallest axis keeps >= ``MIN_BOTTOM_VOXELS`` at the bottom."""
+    smallest = min(shape)
+    return max(1, min(MAX_DEPTH, math.floor(math.log2(max(smallest, 1) / MIN_BOTTOM_VOXELS))))
+
+
 def _fit_patch(patch: list[int], budget: float, batch_min: int) -> tuple[list[int], int]:
     """Shrink ``patch`` until ``batch_min`` samples fit ``budget``; return it and the depth."""
-
-    def depth_of(shape: Sequence[int]) -> int:
-        smallest = min(shape)
-        return max(1, min(MAX_DEPTH, math.floor(math.log2(max(smallest, 1) / MIN_BOTTOM_VOXELS))))
+    depth_of = depth_for
 
     def rounded(shape: Sequence[int], depth: int) -> list[int]:
         k = 2**depth
@@ -276,24 +283,57 @@ def plan_config(
     )
     if len(names) == classes:
         data["class_names"] = [names[i] for i in range(classes)]
+    thick = int(np.argmax(target)) if anisotropic and not slices else None
+    augmentation = planned_augmentation(2 if slices or dims == 2 else 3, thick)
+    reasons["augmentation"] = (
+        "nnU-Net's set: mirroring, rotation and scaling"
+        + (f" (rotation in-plane only: axis {thick} is thick)" if thick is not None else "")
+        + ", noise, blur, brightness, contrast, low resolution, gamma; elastic off (slow, "
+        "no gain in nnU-Net's ablations)"
+    )
     config_data = {
         "data": data,
         "preprocessing": steps,
         "patching": patching,
+        "augmentation": augmentation,
         "model": {
-            "architecture": {"name": "unet", "depth": depth, "filters": BASE_FILTERS},
-            "loss": {"name": "tversky"},
+            "architecture": {
+                "name": "unet",
+                "depth": depth,
+                "filters": BASE_FILTERS,
+                "normalization": "instance",
+                "activation": "leaky_relu",
+            },
+            "loss": {"name": "dice_ce"},
         },
-        "training": {"batch_size": batch},
+        "training": {
+            "batch_size": batch,
+            "epochs": FULL_EPOCHS,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+            "learning_rate": LEARNING_RATE,
+            "lr_schedule": "poly",
+        },
     }
     reasons["model.architecture"] = (
         f"depth {depth}: the patch's smallest axis keeps >= {MIN_BOTTOM_VOXELS} voxels at the "
-        f"bottom (at most {MAX_DEPTH} poolings)"
+        f"bottom (at most {MAX_DEPTH} poolings); instance norm, leaky ReLU as nnU-Net (batch "
+        "norm's moving statistics lag behind in short runs: a model good in training mode "
+        "predicts one class everywhere)"
     )
+    reasons["model.loss"] = "Dice + cross-entropy, nnU-Net's loss"
     reasons["training.batch_size"] = (
         f"as many samples as {memory_gb:g} GB x {USABLE_SHARE} holds by the estimate "
         f"(capped at {batch_cap})"
     )
+    reasons["training.epochs"] = (
+        f"nnU-Net's full schedule ({FULL_EPOCHS} x {STEPS_PER_EPOCH} steps); plan with "
+        "--budget to fit a wall-clock time on this machine"
+    )
+    reasons["training.steps_per_epoch"] = (
+        "training is counted in steps, not passes over the cases (one case would be one step)"
+    )
+    reasons["training.learning_rate"] = "Adam's usual rate, decayed by the poly schedule"
+    reasons["training.lr_schedule"] = "(1 - step / all steps) ** 0.9, nnU-Net's schedule"
     config = parse_config(config_data, "planned config")
     header = (
         f"miscore config planned by `miscore plan` from {fingerprint.dataset}\n"
@@ -306,6 +346,28 @@ def plan_config(
     if again != config:
         raise PipelineError("plan: the YAML written does not read back as the planned config")
     return plan
+
+
+def planned_augmentation(ndim: int, thick_axis: int | None = None) -> list[dict[str, Any]]:
+    """nnU-Net's augmentation set as config entries, for ``ndim``-D samples.
+
+    With a thick axis (anisotropic 3D data), rotation stays in the plane of the other two axes,
+    as nnU-Net does for such data. The spatial ones come first, so that they are composed into
+    one interpolation."""
+    rotate: dict[str, Any] = {"name": "rotate", "p": 0.2, "max_angle": 30.0}
+    if thick_axis is not None and ndim == 3:
+        rotate["planes"] = [[a for a in range(3) if a != thick_axis]]
+    return [
+        rotate,
+        {"name": "scale", "p": 0.2, "min": 0.7, "max": 1.4},
+        {"name": "flip", "p": 1.0},
+        {"name": "gaussian_noise", "p": 0.1, "min_std": 0.0, "max_std": 0.1},
+        {"name": "gaussian_blur", "p": 0.2, "min_sigma": 0.5, "max_sigma": 1.0},
+        {"name": "brightness", "p": 0.15, "min": 0.75, "max": 1.25},
+        {"name": "contrast", "p": 0.15, "min": 0.75, "max": 1.25},
+        {"name": "low_resolution", "p": 0.25, "min_zoom": 0.5, "max_zoom": 1.0},
+        {"name": "gamma", "p": 0.3, "min": 0.7, "max": 1.5},
+    ]
 
 
 def _mm(values: Sequence[float]) -> str:

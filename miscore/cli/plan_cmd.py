@@ -23,6 +23,19 @@ def plan(
     layout: Annotated[
         str, typer.Option("--layout", help="auto, msd, cases, dicom, image2d or files.")
     ] = "auto",
+    budget: Annotated[
+        str | None,
+        typer.Option(
+            "--budget",
+            help="Wall-clock time `miscore train` may take on this machine (20m, 300s, 1.5h): "
+            "the planner times real training steps of candidate networks and fits width, "
+            "patch, steps and epochs to it. Without it: nnU-Net's full schedule.",
+        ),
+    ] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option("--cache", help="With --budget: the cache training will use."),
+    ] = None,
 ) -> None:
     """Plan spacing, intensity scheme, patch, batch and network depth; every value says why."""
     from miscore.analysis import analyze_dataset
@@ -31,10 +44,21 @@ def plan(
     from miscore.planning import plan_config
 
     cli = state(ctx)
+    seconds = None
+    if budget is not None:
+        from miscore.budget import parse_budget
+
+        seconds = parse_budget(budget)
     dataset = Dataset.discover(data, cli.plugins.registry, layout=layout)
     fingerprint = analyze_dataset(dataset, progress=cli.log)
     planned = plan_config(
         fingerprint, memory_gb=memory_gb, two_d=two_d, data_path=str(data.resolve())
     )
+    if seconds is not None:
+        from miscore.budget import plan_for_budget
+        from miscore.cli.state import import_tensorflow_quietly
+
+        import_tensorflow_quietly(cli.debug)
+        planned = plan_for_budget(planned, dataset, cli.plugins, seconds, cache=cache, log=cli.log)
     write_text_atomic(out, planned.to_yaml())
     cli.log(f"wrote {out}")
