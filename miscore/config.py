@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from miscore.errors import ComponentNotFoundError, ConfigError
 from miscore.registry import Registry, format_validation_error
@@ -171,8 +180,40 @@ class InferenceConfig(Section):
     )
     tta: bool = Field(False, description="mirroring test-time augmentation")
     batch_size: int = Field(1, ge=1, description="windows predicted at once")
-    keep_largest: bool = Field(False, description="keep the largest component of each class")
+    keep_largest: StrictBool | list[Annotated[int, Field(ge=1)]] = Field(
+        False,
+        description="keep only the largest connected component of a class: true every "
+        "foreground class, false none, or a list of class ids; miscore cv decides it from the "
+        "validation folds",
+    )
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="binary sigmoid threshold")
+
+    @field_validator("keep_largest", mode="before")
+    @classmethod
+    def _true_false_or_ids(cls, value: Any) -> Any:
+        """One clear message instead of one per member of the union; ids sorted, once each."""
+        if isinstance(value, bool):
+            return value
+        ids = value if isinstance(value, list) else None
+        if ids is None or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise PydanticCustomError(
+                "keep_largest",
+                "give true, false or a list of class ids; got {value}",
+                {"value": repr(value)},
+            )
+        if any(i < 1 for i in ids):
+            raise PydanticCustomError(
+                "keep_largest",
+                "class ids start at 1 (0 is the background); got {value}",
+                {"value": ids},
+            )
+        return sorted(set(ids))
+
+    def largest_component_classes(self, classes: int) -> list[int]:
+        """The class ids whose largest component is kept, of ``classes`` (background included)."""
+        if isinstance(self.keep_largest, bool):
+            return list(range(1, classes)) if self.keep_largest else []
+        return list(self.keep_largest)
 
 
 class CacheConfig(Section):
@@ -217,6 +258,24 @@ class Config(Section):
 
                 data = {**data, "augmentation": expand_default(entries)}
         return data
+
+    @model_validator(mode="after")
+    def _keep_largest_classes(self) -> Config:
+        """``inference.keep_largest`` may only name foreground classes of ``data.classes``."""
+        chosen = self.inference.keep_largest
+        wrong = [] if isinstance(chosen, bool) else [c for c in chosen if c >= self.data.classes]
+        if wrong:
+            problem = PydanticCustomError(
+                "keep_largest_class",
+                "the foreground classes of data.classes {classes} are 1 to {last}; got {wrong}",
+                {"classes": self.data.classes, "last": self.data.classes - 1, "wrong": wrong},
+            )
+            # raised as a ValidationError so that the message names the field's own path
+            raise ValidationError.from_exception_data(
+                "Config",
+                [InitErrorDetails(type=problem, loc=("inference", "keep_largest"), input=chosen)],
+            )
+        return self
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

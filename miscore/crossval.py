@@ -15,11 +15,16 @@ seeded with ``training.seed``, or read back from a ``splits.json``. The output f
     fold_<i>/overlays/       per test case: image | truth | prediction (GIF; PNG in 2D)
     metrics.tsv              every test case and class of every fold, ``fold`` column first
     summary.tsv              mean, std, median per class and metric over all test cases
-    report.json              the ``CrossValidationReport``
+    report.json              the ``CrossValidationReport``, with the postprocessing decision
     plots/curves_<m>.png     every logged training metric, a line per fold
     plots/box_<m>.png        Dice (and HD95) per class over the test cases
     crossval.json            written last: marks the folder as a finished ensemble, so
                              ``miscore predict CV_DIR ...`` averages the fold models
+
+After the folds, the test cases' predictions decide per class whether keeping only the
+largest connected component raises the mean Dice (``miscore.postprocessing``); the decision
+is in the report and, unless ``apply_postprocessing=False``, in every fold model's
+``inference.keep_largest``, so predicting with the models (or the folder) applies it.
 
 Training and prediction import TensorFlow inside the functions that need it.
 """
@@ -49,6 +54,7 @@ from miscore.evaluate import (
     summarize,
     write_folds,
 )
+from miscore.postprocessing import LargestComponentTrial, PostprocessingDecision
 
 if TYPE_CHECKING:
     from miscore.dataset import Dataset
@@ -113,6 +119,9 @@ class CrossValidationReport(BaseModel):
     folds: list[FoldResult]
     summary: list[MetricSummary] = Field(
         default_factory=list, description="per class and metric over every fold's test cases"
+    )
+    postprocessing: PostprocessingDecision | None = Field(
+        None, description="which classes keep only their largest component, decided by Dice"
     )
 
     @property
@@ -327,8 +336,15 @@ def _predict_fold(
     root: Path,
     overlays: bool,
     log: Callable[[str], None],
+    trial: LargestComponentTrial,
+    keep_largest: list[int],
 ) -> Iterator[tuple[str, Volume, Volume]]:
-    """Predict, write and picture each test case; yield ``(id, prediction, truth)``."""
+    """Predict, write and picture each test case; yield ``(id, prediction, truth)``.
+
+    Each case is predicted once without postprocessing, scored into ``trial``, and then has
+    the largest component of the ``keep_largest`` classes (the config's) kept.
+    """
+    from miscore.postprocessing import keep_largest_component
     from miscore.visualize import overlay_suffix, save_overlay
 
     folder = root / f"fold_{fold.index}"
@@ -337,7 +353,10 @@ def _predict_fold(
         case = dataset.load(case_id)
         if case.label is None:
             raise InputError(f"case {case_id}: has no label; test cases need one to be scored")
-        label, _ = predictor.predict_case(case)
+        label, _ = predictor.predict_case(case, keep_largest=False)
+        trial.add(case_id, label.array, case.label.array)
+        if keep_largest:
+            label = label.with_array(keep_largest_component(label.array, keep_largest))
         source = dataset.source(case_id)
         writer = dataset.io_for(source.images[0])
         target = folder / "predictions" / f"{case_id}{writer.write_suffix}"
@@ -370,6 +389,7 @@ def cross_validate(
     metrics: Sequence[str | Mapping[str, Any]] = DEFAULT_METRICS,
     overlays: bool = True,
     resume: bool = False,
+    apply_postprocessing: bool = True,
     local_plugins: Sequence[str] = (),
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> CrossValidationReport:
@@ -393,6 +413,9 @@ def cross_validate(
         overlays: write a GIF (PNG in 2D) per test case.
         resume: keep the folds already trained in ``out`` and continue an interrupted one;
             the folds of ``out/splits.json`` are reused when no ``splits_file`` is given.
+        apply_postprocessing: write the decided ``inference.keep_largest`` into every fold
+            model; False keeps the config's. The decision is computed and reported either
+            way; the predictions and metrics of the folds follow the config's setting.
         local_plugins: ``--plugin`` modules, handed to worker processes.
         log: where progress lines go.
     Returns:
@@ -422,6 +445,8 @@ def cross_validate(
     recorded = read_folds_file(splits_path)
     log(f"{len(made)} fold(s) of {len(recorded.case_ids)} cases; folds in {splits_path}")
     classes = list(range(1, config.data.classes))
+    configured = config.inference.largest_component_classes(config.data.classes)
+    trial = LargestComponentTrial(classes)
     results: list[FoldResult] = []
     names: list[str] = []
     for index, fold in enumerate(made):
@@ -451,7 +476,7 @@ def cross_validate(
         result.epochs, result.monitor, result.best = trained.epochs, trained.monitor, trained.best
         result.history = trained.history
         predictor = load_model(model_dir, plugins)
-        cases = _predict_fold(predictor, dataset, result, root, overlays, log)
+        cases = _predict_fold(predictor, dataset, result, root, overlays, log, trial, configured)
         scored = evaluate(cases, registry, metrics=metrics, classes=classes)
         result.rows, names = scored.rows, scored.metrics
         results.append(result)
@@ -465,6 +490,10 @@ def cross_validate(
         folds=results,
     )
     report.summary = summarize(report.rows, report.metrics, classes)
+    report.postprocessing = _settle_postprocessing(
+        trial, config, [root / r.model_dir for r in results], apply_postprocessing
+    )
+    log(report.postprocessing.describe())
     write_text_atomic(root / METRICS_FILE, report.to_tsv())
     report.evaluation().write_summary_tsv(root / SUMMARY_FILE)
     report.write_json(root / REPORT_FILE)
@@ -478,6 +507,25 @@ def cross_validate(
     write_text_atomic(root / CROSSVAL_FILE, manifest.model_dump_json(indent=2) + "\n")
     log(f"cross-validation written to {root}")
     return report
+
+
+def _settle_postprocessing(
+    trial: LargestComponentTrial, config: Config, model_dirs: Sequence[Path], apply: bool
+) -> PostprocessingDecision:
+    """Decide ``inference.keep_largest`` from the test cases and store it in every fold model
+    (or, when not ``apply``, the config's own setting, which a resumed run may need back)."""
+    from miscore.modeldir import ModelDir
+
+    decision = trial.decide()
+    decision.applied = apply
+    setting = decision.keep_largest if apply else config.inference.keep_largest
+    for model_dir in model_dirs:
+        folder = ModelDir(model_dir)
+        stored = folder.config()
+        if stored.inference.keep_largest != setting:
+            stored.inference.keep_largest = setting
+            folder.write_config(stored)
+    return decision
 
 
 def _release_models() -> None:

@@ -28,6 +28,7 @@ from miscore.errors import InputError
 from miscore.labels import label_dtype
 from miscore.modeldir import ModelDir, ModelInfo, check_plugins, custom_objects, load_keras_model
 from miscore.patching import Window, extract_patch, grid_windows, window_region
+from miscore.postprocessing import keep_largest_component
 from miscore.preprocess import build_steps, postprocess_prediction, preprocess_case
 from miscore.volume import Case, Volume
 
@@ -160,23 +161,6 @@ def probabilities(scores: np.ndarray) -> np.ndarray:
     return result
 
 
-def keep_largest_component(label: np.ndarray) -> np.ndarray:
-    """Per foreground class, keep only its largest connected component."""
-    from scipy import ndimage
-
-    out = label.copy()
-    for cls in np.unique(label):
-        if cls == 0:
-            continue
-        components, count = ndimage.label(label == cls)
-        if count <= 1:
-            continue
-        sizes = np.bincount(components.ravel())[1:]
-        keep = int(np.argmax(sizes)) + 1
-        out[(components != keep) & (components > 0)] = 0
-    return out
-
-
 @dataclass
 class Predictor:
     """A trained model with its config and preprocessing chain, ready to predict."""
@@ -247,8 +231,14 @@ class Predictor:
         blend: str | None = None,
         tta: bool | None = None,
         with_probabilities: bool = False,
+        keep_largest: bool | list[int] | None = None,
     ) -> tuple[Volume, Volume | None]:
-        """Predict one case; returns the label map on the case's grid (and probabilities)."""
+        """Predict one case; returns the label map on the case's grid (and probabilities).
+
+        ``overlap``, ``blend``, ``tta`` and ``keep_largest`` override the config's
+        ``inference`` settings. The largest components are kept on the case's grid: the
+        label map as written and scored (and as ``miscore cv`` decided them).
+        """
         ready = preprocess_case(case, self.steps, training=False)
         channels = self.info.input_shape[-1]
         if channels is not None and ready.image.channels != channels:
@@ -259,10 +249,15 @@ class Predictor:
         image = np.asarray(ready.image.array, dtype=np.float32)
         scores = self.class_scores(image, overlap, blend, tta)
         label = labels_from_scores(scores, self.config.inference.threshold)
-        if self.config.inference.keep_largest:
-            label = keep_largest_component(label)
         on_grid = postprocess_prediction(ready.image.with_array(label), ready, self.steps)
-        prediction = Volume(on_grid.array, case.image.affine, dict(case.image.meta))
+        inference = self.config.inference
+        if keep_largest is not None:
+            inference = inference.model_copy(update={"keep_largest": keep_largest})
+        array = on_grid.array
+        kept = inference.largest_component_classes(self.config.data.classes)
+        if kept:
+            array = keep_largest_component(array, kept)
+        prediction = Volume(array, case.image.affine, dict(case.image.meta))
         probs: Volume | None = None
         if with_probabilities:
             back = postprocess_prediction(

@@ -126,6 +126,10 @@ class ModelDir:
             raise InputError(f"{self.path}: {CONFIG_FILE} is missing; the model folder is broken")
         return load_config(file)
 
+    def write_config(self, config: Config) -> None:
+        """Replace the stored config (atomically), e.g. with decided inference settings."""
+        write_text_atomic(self.path / CONFIG_FILE, config.to_yaml())
+
     def write_metadata(
         self, config: Config, info: ModelInfo, fingerprint: dict[str, Any] | None = None
     ) -> None:

@@ -84,11 +84,21 @@ def cv(
     resume: Annotated[
         bool, typer.Option("--resume", help="Keep finished folds in --out, continue the rest.")
     ] = False,
+    postprocessing_decision: Annotated[
+        bool,
+        typer.Option(
+            "--postprocessing-decision/--no-postprocessing-decision",
+            help="Write the decided inference.keep_largest into the fold models; the --no "
+            "form keeps the config's (the decision is still reported).",
+        ),
+    ] = True,
 ) -> None:
     """Cross-validate: split the labelled cases, train each fold, predict and score its
     test cases; write models, predictions, metrics, plots and overlays to --out.
 
     The folder then works as an ensemble: miscore predict OUT INPUT averages the folds.
+    Afterwards, each class keeps only its largest connected component where that raised the
+    test cases' mean Dice (nnU-Net's rule); the fold models predict with that decision.
     """
     from miscore.config import load_config
     from miscore.crossval import cross_validate, plan_splits, read_case_list
@@ -116,8 +126,17 @@ def cv(
         settings, dataset, out, scheme=scheme, folds=folds, split=split,
         train_list=train_ids, test_list=test_ids, splits_file=splits, plugins=cli.plugins,
         epochs=epochs, cache=cache, metrics=list(metric or DEFAULT_METRICS), overlays=overlays,
-        resume=resume, local_plugins=cli.local_plugins, log=cli.log,
+        resume=resume, apply_postprocessing=postprocessing_decision,
+        local_plugins=cli.local_plugins, log=cli.log,
     )  # fmt: skip
     if not cli.quiet:
         _print_summary(report)
-    print(f"cross-validation: {out} ({len(report.folds)} folds; report {out / 'report.json'})")
+    decided = ""
+    if report.postprocessing is not None:  # the per-class Dice went to the log
+        setting = report.postprocessing.keep_largest
+        written = "" if report.postprocessing.applied else ", not written"
+        decided = f"; inference.keep_largest {str(setting).lower()}{written}"
+    print(
+        f"cross-validation: {out} ({len(report.folds)} folds; report {out / 'report.json'}"
+        f"{decided})"
+    )

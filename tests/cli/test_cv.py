@@ -10,6 +10,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from tests.cli.helpers import assert_one_line_error, run_cli
@@ -22,6 +23,7 @@ model:
   architecture: {name: unet, filters: 4, depth: 2}
   loss: dice_ce
 training: {epochs: 2, batch_size: 2, learning_rate: 0.003}
+inference: {keep_largest: [1]}
 cache: {path: cache}
 """
 CASES = [f"case_{i:03d}" for i in range(6)]
@@ -48,6 +50,8 @@ def cv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "cross-validation: cv (3 folds" in result.stdout
+    (root / "cv.stdout").write_text(result.stdout)
+    (root / "cv.stderr").write_text(result.stderr)
     return root
 
 
@@ -76,6 +80,31 @@ def test_every_artefact_is_written(cv: Path) -> None:
             assert written.shape == truth.shape
             np.testing.assert_allclose(written.affine, truth.affine, atol=1e-4)
             assert fold["predictions"][case] == f"fold_{i}/predictions/{case}.nii.gz"
+
+
+def test_the_postprocessing_decision_is_reported_and_written_into_the_models(cv: Path) -> None:
+    report = json.loads((cv / "cv" / "report.json").read_text())
+    decision = report["postprocessing"]
+    assert decision["metric"] == "dice" and decision["cases"] == 6 and decision["applied"]
+    assert [c["class"] for c in decision["classes"]] == [1, 2]
+    dice = {s["class"]: s["mean"] for s in report["summary"] if s["metric"] == "dice"}
+    kept = []
+    for trial in decision["classes"]:
+        # the folds' predictions follow the config (keep_largest: [1]); the decision starts
+        # from the predictions without postprocessing
+        as_configured = trial["dice_largest" if trial["class"] == 1 else "dice_before"]
+        assert as_configured == pytest.approx(dice[trial["class"]], abs=1e-6)
+        assert trial["keep"] == (trial["dice_largest"] > trial["dice_before"])
+        assert trial["dice_after"] == max(trial["dice_before"], trial["dice_largest"])
+        kept += [trial["class"]] if trial["keep"] else []
+    setting = decision["keep_largest"]
+    assert setting == {0: False, 1: kept, 2: True}[len(kept)]  # none, a list, all
+    for i in range(3):  # the decision replaces the config's setting in every fold model
+        stored = yaml.safe_load((cv / "cv" / f"fold_{i}" / "model" / "config.yaml").read_text())
+        assert stored["inference"]["keep_largest"] == setting
+    assert "postprocessing: inference.keep_largest = " in (cv / "cv.stderr").read_text()
+    line = f"; inference.keep_largest {json.dumps(setting)})"
+    assert line in (cv / "cv.stdout").read_text()
 
 
 def test_each_overlay_gif_has_one_frame_per_slice(cv: Path) -> None:
@@ -139,6 +168,7 @@ def test_predict_with_the_cv_folder_averages_the_folds(cv: Path) -> None:
     from miscore import PluginManager
     from miscore.dataset import Dataset
     from miscore.inference import EnsemblePredictor, load_model
+    from miscore.postprocessing import keep_largest_component
 
     plugins = PluginManager()
     ensemble = load_model(cv / "cv", plugins)
@@ -156,15 +186,34 @@ def test_predict_with_the_cv_folder_averages_the_folds(cv: Path) -> None:
         each.append(member_probs.array)
     mean = np.mean(each, axis=0)
     np.testing.assert_allclose(probs.array, mean, atol=1e-5)
-    np.testing.assert_array_equal(label.array[..., 0], np.argmax(probs.array, axis=-1))
+    # the argmax, postprocessed as miscore cv decided (the fold models' inference settings)
+    kept = ensemble.config.inference.largest_component_classes(3)
+    expected = keep_largest_component(np.argmax(probs.array, axis=-1), kept)
+    np.testing.assert_array_equal(label.array[..., 0], expected)
     np.testing.assert_array_equal(np.asarray(written.dataobj), label.array[..., 0])
 
 
-def test_resume_keeps_the_finished_folds(cv: Path) -> None:
-    # last in the module: it rewrites the reports (to the same values) but no model
+def test_resume_keeps_the_finished_folds_and_can_keep_the_configs_postprocessing(
+    cv: Path,
+) -> None:
+    # last in the module: it rewrites the reports (to the same values but the postprocessing
+    # setting) and the models' inference settings, but no model
     before = (cv / "cv" / "fold_0" / "model" / "model.keras").stat().st_mtime_ns
-    result = run_cli("cv", "config.yaml", "--data", "data", "--out", "cv", "--resume", cwd=cv)
+    decided = json.loads((cv / "cv" / "report.json").read_text())["postprocessing"]
+    (cv / "config_lcc.yaml").write_text(CONFIG.replace("keep_largest: [1]", "keep_largest: [2]"))
+    result = run_cli(
+        "cv", "config_lcc.yaml", "--data", "data", "--out", "cv", "--resume",
+        "--no-postprocessing-decision", cwd=cv,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
+    assert f"inference.keep_largest {json.dumps(decided['keep_largest'])}, not written)" in (
+        result.stdout
+    )
+    again = json.loads((cv / "cv" / "report.json").read_text())["postprocessing"]
+    assert again == {**decided, "applied": False}  # computed from the raw predictions again
+    for i in range(3):
+        stored = yaml.safe_load((cv / "cv" / f"fold_{i}" / "model" / "config.yaml").read_text())
+        assert stored["inference"]["keep_largest"] == [2]
     assert result.stderr.count("already trained for 2 epochs") == 3
     assert (cv / "cv" / "fold_0" / "model" / "model.keras").stat().st_mtime_ns == before
     log = (cv / "cv" / "fold_0" / "train.log").read_text()

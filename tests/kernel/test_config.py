@@ -52,6 +52,13 @@ training: {epochs: 2, batch_size: 1}
         ("patching: {mode: grid}", r"patching: Value error, patching mode 'grid' needs patch"),
         ("- a list", r"a config is a mapping"),
         ("data: {classes: 2, class_names: [bg]}", r"class_names has 1 names for 2 classes"),
+        ("inference: {keep_largest: 1}", r"inference\.keep_largest: give true, false or a list"),
+        ("inference: {keep_largest: [0, 1]}", r"inference\.keep_largest: class ids start at 1"),
+        (
+            "data: {classes: 3}\ninference: {keep_largest: [2, 3]}",
+            r"inference\.keep_largest: the foreground classes of data\.classes 3 are 1 to 2; "
+            r"got \[3\]",
+        ),
     ],
 )
 def test_errors_name_the_file_and_the_field(tmp_path: Path, text: str, message: str) -> None:
@@ -60,6 +67,20 @@ def test_errors_name_the_file_and_the_field(tmp_path: Path, text: str, message: 
         miscore.load_config(path)
     assert str(caught.value).startswith(str(path))
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "stored", "kept"),
+    [("true", True, [1, 2, 3]), ("false", False, []), ("[3, 1, 3]", [1, 3], [1, 3])],
+)
+def test_keep_largest_is_true_false_or_a_list_of_classes(
+    tmp_path: Path, value: str, stored: bool | list[int], kept: list[int]
+) -> None:
+    path = write(tmp_path, f"data: {{classes: 4}}\ninference: {{keep_largest: {value}}}")
+    config = miscore.load_config(path)
+    assert config.inference.keep_largest == stored
+    assert config.inference.largest_component_classes(config.data.classes) == kept
+    assert miscore.parse_config(__import__("yaml").safe_load(config.to_yaml())) == config
 
 
 def test_yaml_syntax_errors_give_the_line(tmp_path: Path) -> None:
