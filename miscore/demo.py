@@ -19,6 +19,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from miscore.errors import InputError
+from miscore.planning import Plan
 from miscore.plugins import PluginManager
 
 
@@ -29,23 +30,15 @@ class DemoSize:
     train_cases: int
     test_cases: int
     shape: tuple[int, int, int]
-    patch: tuple[int, int, int]
-    filters: int
-    depth: int
-    epochs: int
-    batch_size: int
+    #: ``miscore plan --budget``: seconds of training, planned by timing this machine
+    budget_s: float | None = None
+    #: --quick only: a fixed tiny network (too short a run for the budget planner's timing)
+    quick: tuple[int, int, int] | None = None  # filters, depth, epochs
 
 
-FULL = DemoSize(12, 4, (48, 48, 48), (32, 32, 32), filters=8, depth=3, epochs=200, batch_size=2)
-QUICK = DemoSize(4, 2, (32, 32, 32), (32, 32, 32), filters=4, depth=2, epochs=3, batch_size=2)
+FULL = DemoSize(12, 4, (48, 48, 48), budget_s=150.0)
+QUICK = DemoSize(4, 2, (32, 32, 32), quick=(4, 2, 3))
 CLASSES = 3
-AUGMENTATION = [
-    {"name": "flip", "p": 0.5},
-    {"name": "rotate", "p": 0.2, "max_angle": 15.0},
-    {"name": "scale", "p": 0.2, "min": 0.9, "max": 1.1},
-    {"name": "brightness", "p": 0.15},
-    {"name": "gaussian_noise", "p": 0.1, "min_std": 0.0, "max_std": 0.05},
-]
 
 
 class DemoResult(BaseModel):
@@ -69,7 +62,8 @@ def run_demo(
     """Run the demo into ``out`` (which must not exist or be empty) and return the figures."""
     from miscore.analysis import analyze_dataset
     from miscore.atomic import write_text_atomic
-    from miscore.config import ComponentSpec, check_components, load_config
+    from miscore.budget import plan_for_budget
+    from miscore.config import check_components, load_config
     from miscore.dataset import Dataset
     from miscore.evaluate import evaluate
     from miscore.inference import predict
@@ -96,37 +90,26 @@ def run_demo(
     log("2/6 fingerprint and plan (miscore analyze + miscore plan)")
     data = Dataset.discover(out / "data", registry)
     plan = plan_config(analyze_dataset(data), memory_gb=2.0, data_path=str(out / "data"))
+    plan.config.cache.path = str(out / "cache")
+    if size.budget_s is not None:
+        log(f"   planning for {size.budget_s / 60:.3g} min of training on this machine")
+        plan = plan_for_budget(plan, data, plugins, size.budget_s, log=log)
+    elif size.quick is not None:
+        _quick_overrides(plan, *size.quick)
     config = plan.config
-    why = "the demo's size: under 10 minutes on 2 CPU cores"
-    config.patching.patch_shape = list(size.patch)
-    config.patching.samples_per_case = 1
-    config.patching.foreground_ratio = 0.5
     config.inference.tta = True
     config.inference.keep_largest = True
-    config.model.architecture = ComponentSpec.model_validate(
-        {"name": "unet", "filters": size.filters, "depth": size.depth}
-    )
-    config.model.loss = ComponentSpec(name="tversky")
-    config.training.epochs = size.epochs
-    config.training.batch_size = size.batch_size
-    config.training.learning_rate = 0.003
-    config.augmentation = [ComponentSpec.model_validate(entry) for entry in AUGMENTATION]
-    config.cache.path = str(out / "cache")
-    for field in ("patching.patch_shape", "model.architecture", "training.epochs",
-                  "training.batch_size"):  # fmt: skip
-        plan.reasons[field] = why
-    plan.reasons["training.learning_rate"] = "small network, few steps: a higher rate"
-    plan.reasons["model.loss"] = "Tversky (alpha 0.3, beta 0.7): MIScnn's default"
-    plan.reasons["patching.foreground_ratio"] = "half the patches on a phantom's organ or tumour"
     plan.reasons["inference.tta"] = "mirroring at test time: cheap at this size"
     plan.reasons["inference.keep_largest"] = "one organ and one tumour per phantom"
-    plan.reasons["augmentation"] = "flips, small rotations and scaling, intensity changes"
     config_path = out / "config.yaml"
     write_text_atomic(config_path, plan.to_yaml())
     config = load_config(config_path)  # what a user would run: validated from the file
     check_components(config, registry)
 
-    log(f"3/6 training a 3D U-Net for {config.training.epochs} epochs")
+    log(
+        f"3/6 training a 3D U-Net: {config.training.epochs} epochs of "
+        f"{config.training.steps_per_epoch} steps"
+    )
     result = train(config, out / "data", out / "model", plugins=plugins, log=log)
 
     log("4/6 sliding-window prediction of the held-out cases")
@@ -192,3 +175,20 @@ def run_demo(
     )
     write_text_atomic(folder / "demo.json", json.dumps(demo.model_dump(), indent=2) + "\n")
     return demo
+
+
+def _quick_overrides(plan: Plan, filters: int, depth: int, epochs: int) -> None:
+    """``--quick``: a fixed tiny network and a few epochs, to check an installation."""
+    from miscore.config import ComponentSpec
+
+    config = plan.config
+    config.patching.patch_shape = [32, 32, 32]
+    architecture = {**config.model.architecture.model_dump(), "filters": filters, "depth": depth}
+    config.model.architecture = ComponentSpec.model_validate(architecture)
+    config.training.epochs = epochs
+    config.training.steps_per_epoch = 4
+    config.training.batch_size = 2
+    why = "--quick: a smoke test of the installation, not a model"
+    for field in ("patching.patch_shape", "model.architecture", "training.epochs",
+                  "training.steps_per_epoch", "training.batch_size"):  # fmt: skip
+        plan.reasons[field] = why

@@ -231,12 +231,16 @@ def make_recorder(
 ) -> Any:
     """The callback that logs, plots, checkpoints and calls the ``epoch_end`` hook.
 
-    ``check`` adds the inference- and training-mode Dice of fixed patches to every epoch.
+    ``monitor`` picks the best model (``model.keras``): ``dice_inference`` is higher-better,
+    a loss lower-better. ``check`` adds the inference- and training-mode Dice of fixed
+    patches to every epoch.
 
     ``schedules`` (early stopping, LR plateau) have their counters saved with the checkpoint,
     so that ``--resume`` stops and lowers the rate when the uninterrupted run would have.
     It must run after them (last in the callback list)."""
     import keras
+
+    higher = monitor == INFERENCE_COLUMN
 
     class EpochRecorder(keras.callbacks.Callback):  # type: ignore[misc]
         def __init__(self) -> None:
@@ -268,7 +272,11 @@ def make_recorder(
             write_history(model_dir.history_file, history)
             plot_curves(model_dir.curves_file, history)
             current = values.get(monitor)
-            improved = current is not None and (self.best is None or current < self.best)
+            improved = (
+                current is not None
+                and not math.isnan(current)
+                and (self.best is None or (current > self.best if higher else current < self.best))
+            )
             if improved:
                 self.best = current
                 save_keras_model(self.model, model_dir.model_file)
@@ -379,6 +387,10 @@ def fit_model(
     folder = ModelDir(model_dir)
     total = epochs or config.training.epochs
     monitor = "val_loss" if validation is not None else "loss"
+    check = mode_check(config, loader, validation, distributed=False)
+    # the best model is the one that predicts best in inference mode on fixed patches; the
+    # schedules (plateau, early stopping) keep watching the loss Keras logs
+    select = INFERENCE_COLUMN if check is not None else monitor
     total_steps = total * loader.steps_per_epoch
     history: list[dict[str, float]] = []
     best: float | None = None
@@ -419,7 +431,7 @@ def fit_model(
             compile_model(model, config, plugins, info.n_classes, total_steps)
     if initial_epoch >= total:
         log(f"already trained for {initial_epoch} epochs (asked for {total})")
-        return TrainResult(folder.path, history, initial_epoch, best, monitor)
+        return TrainResult(folder.path, history, initial_epoch, best, select)
 
     folder.write_metadata(config, info)
     schedules: dict[str, Any] = {}
@@ -436,12 +448,13 @@ def fit_model(
         )
     if saved.get("early_stopping", {}).get("stopped"):
         log(f"early stopping ended this run after epoch {initial_epoch}: nothing to resume")
-        return TrainResult(folder.path, history, initial_epoch, best, monitor)
+        return TrainResult(folder.path, history, initial_epoch, best, select)
     callbacks: list[Any] = list(schedules.values())
     if progress:
         callbacks.append(make_progress(loader.steps_per_epoch, total))
-    check = mode_check(config, loader, validation, distributed=strategy is not None)
-    callbacks.append(make_recorder(folder, plugins, history, monitor, best, log, schedules, check))
+    if check is not None and strategy is not None:
+        check.training_mode = False  # variables are per device under a strategy
+    callbacks.append(make_recorder(folder, plugins, history, select, best, log, schedules, check))
     steps = loader.steps_per_epoch
     batches: Any = loader.forever(initial_epoch)
     validation_data: Any = validation
@@ -472,7 +485,7 @@ def fit_model(
     warning = degenerate_warning(history, check.source if check else "")
     if warning:
         log(warning)
-    return TrainResult(folder.path, history, info.epochs_trained, recorder.best, monitor, warning)
+    return TrainResult(folder.path, history, info.epochs_trained, recorder.best, select, warning)
 
 
 #: fixed patches the inference-mode check predicts every epoch (twice: both modes)
