@@ -67,6 +67,9 @@ class ClassStats(_Model):
     volume_ml_mean: float = Field(description="mean volume per case holding it, millilitres")
     volume_ml_min: float
     volume_ml_max: float
+    one_object_cases: int = Field(
+        0, description="cases holding it as one connected object (face connectivity)"
+    )
 
 
 class CaseFingerprint(_Model):
@@ -79,6 +82,9 @@ class CaseFingerprint(_Model):
     channels: int
     labelled: bool
     class_voxels: dict[int, int] = Field(default_factory=dict)
+    class_objects: dict[int, int] = Field(
+        default_factory=dict, description="connected objects per foreground class"
+    )
 
 
 class Fingerprint(_Model):
@@ -222,9 +228,11 @@ def analyze_dataset(
             if mask is not None:
                 foreground[c].add(channel[mask], rng, samples_per_case)
         counts: dict[int, int] = {}
+        objects: dict[int, int] = {}
         if case.label is not None:
             ids, n = np.unique(case.label.array, return_counts=True)
             counts = {int(i): int(k) for i, k in zip(ids, n, strict=True)}
+            objects = _objects(case.label.array[..., 0], [c for c in counts if c > 0])
             voxel_ml = float(np.prod(np.linalg.norm(image.affine[:3, :3], axis=0))) / 1000.0
             for cls, k in counts.items():
                 class_volumes.setdefault(cls, []).append(k * voxel_ml)
@@ -237,6 +245,7 @@ def analyze_dataset(
                 channels=image.channels,
                 labelled=case.label is not None,
                 class_voxels=counts,
+                class_objects=objects,
             )
         )
     if not per_case:
@@ -265,6 +274,7 @@ def analyze_dataset(
                 volume_ml_mean=float(np.mean(volumes)),
                 volume_ml_min=float(np.min(volumes)),
                 volume_ml_max=float(np.max(volumes)),
+                one_object_cases=sum(1 for c in labelled if c.class_objects.get(cls) == 1),
             )
         )
     fingerprint = Fingerprint(
@@ -293,6 +303,13 @@ def analyze_dataset(
     )
     fingerprint._samples = (overall, foreground)
     return fingerprint
+
+
+def _objects(label: np.ndarray, classes: list[int]) -> dict[int, int]:
+    """Connected objects (face connectivity) of each class in a label map."""
+    from scipy import ndimage
+
+    return {c: int(ndimage.label(label == c)[1]) for c in classes}
 
 
 def _modality(info: dict[str, Any]) -> list[str]:

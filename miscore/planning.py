@@ -334,6 +334,16 @@ def plan_config(
     )
     reasons["training.learning_rate"] = "Adam's usual rate, decayed by the poly schedule"
     reasons["training.lr_schedule"] = "(1 - step / all steps) ** 0.9, nnU-Net's schedule"
+    single = [
+        c.id for c in fingerprint.classes if c.id > 0 and c.cases and c.one_object_cases == c.cases
+    ]
+    if single:
+        config_data["inference"] = {"keep_largest": single}
+        reasons["inference.keep_largest"] = (
+            f"class{'es' if len(single) > 1 else ''} {', '.join(map(str, single))}: one "
+            "connected object in every labelled case, so stray islands are errors "
+            "(`miscore cv` re-decides it from predictions)"
+        )
     config = parse_config(config_data, "planned config")
     header = (
         f"miscore config planned by `miscore plan` from {fingerprint.dataset}\n"
