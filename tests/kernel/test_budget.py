@@ -67,9 +67,9 @@ def test_candidates_go_from_the_planned_patch_down_each_a_multiple_of_its_poolin
 
 
 def test_fewer_steps_are_not_worth_a_budget() -> None:
-    assert min_steps(60) == 250
-    assert min_steps(600) == 600
-    assert min_steps(7200) == 2000
+    assert min_steps(60) == 1000
+    assert min_steps(1200) == 2400
+    assert min_steps(7200) == 5000
 
 
 def test_plan_with_a_budget_times_networks_and_explains_the_schedule(tmp_path: Path) -> None:

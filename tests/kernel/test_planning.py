@@ -12,7 +12,12 @@ import miscore
 from miscore.analysis import analyze_dataset
 from miscore.config import check_components, load_config
 from miscore.dataset import Dataset
-from miscore.planning import estimate_memory_bytes, plan_config, target_spacing
+from miscore.planning import (
+    estimate_memory_bytes,
+    plan_config,
+    planned_augmentation,
+    target_spacing,
+)
 from miscore.synth import write_dataset
 from tests.kernel.test_analysis import write_mr_dataset
 
@@ -93,3 +98,33 @@ def test_planned_config_passes_validation(tmp_path: Path, registry: miscore.Regi
     created = check_components(config, registry)  # needs the 'unet' and 'tversky' plugins
     assert created["architecture"].name == "unet"
     assert [s.name for s in created["preprocessing"]] == [s.name for s in config.preprocessing]
+
+
+def test_the_recipe_is_nnunets_and_each_value_says_why(
+    tmp_path: Path, registry: miscore.Registry
+) -> None:
+    write_dataset(tmp_path / "data", registry, n_cases=2, shape=(32, 32, 16), seed=4)
+    fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", registry))
+    plan = plan_config(fingerprint)
+    config = plan.config
+    architecture = config.model.architecture.params
+    assert architecture["normalization"] == "instance"  # batch norm's pitfall: planning.md
+    assert config.model.loss.name == "dice_ce"
+    assert (config.training.epochs, config.training.steps_per_epoch) == (1000, 250)
+    assert config.training.lr_schedule == "poly"
+    names = [a.name for a in config.augmentation]
+    assert names[:3] == ["rotate", "scale", "flip"]  # spatial first: one interpolation
+    assert "elastic" not in names and {"gamma", "low_resolution"} <= set(names)
+    # one organ and one tumour per phantom: stray islands are errors
+    assert [c.one_object_cases for c in fingerprint.classes[1:]] == [2, 2]
+    assert config.inference.keep_largest == [1, 2]
+    text = plan.to_yaml()
+    for field in ("augmentation:", "steps_per_epoch:", "lr_schedule:", "keep_largest:"):
+        line = next(row for row in text.splitlines() if row.strip().startswith(field))
+        assert "  # " in line, line
+
+
+def test_anisotropy_keeps_rotation_in_plane_and_isotropic_data_rotates_freely() -> None:
+    assert planned_augmentation(3, thick_axis=0)[0]["planes"] == [[1, 2]]
+    assert "planes" not in planned_augmentation(3)[0]
+    assert "planes" not in planned_augmentation(2, thick_axis=0)[0]
