@@ -77,6 +77,19 @@ def bench_peers(session: nox.Session) -> None:
 
 
 @nox.session
+def accuracy(session: nox.Session) -> None:
+    """Dice of planned models on real images next to a threshold and the training mask.
+
+    ``nox -s accuracy -- --budget 20m`` (default), ``-- --no-budget --epochs 2`` for a quick
+    check, ``-- --only mni-brain``; see benchmarks/accuracy.py.
+    """
+    session.install(".")
+    session.run(
+        "python", "benchmarks/accuracy.py", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "3"}
+    )
+
+
+@nox.session
 def fuzz(session: nox.Session) -> None:
     """The reliability tests with long fuzzing runs (MISCORE_FUZZ_EXAMPLES per reader)."""
     session.install(".[dev]")
