@@ -23,7 +23,11 @@ and scores two baselines on the same test cases with the same metric code
   n/a when no training grid overlaps the test grid in world space; a test voxel that no
   training grid covers is background.
 
-    python benchmarks/accuracy.py [--budget 20m | --no-budget] [--epochs N] [--only NAME ...]
+    python benchmarks/accuracy.py [--budget 20m | --no-budget] [--only NAME ...]
+    python benchmarks/accuracy.py --no-budget --epochs 1 --steps-per-epoch 2   # a quick check
+    python benchmarks/accuracy.py --baselines-only                             # no training
+
+Data: fetched once into ``~/.cache/miscore-bench`` (``--data``, ``$MISCORE_BENCH_DATA``).
 
 Training uses its own cache folder (``--cache`` under the work folder), so every train time
 includes preprocessing the cases, and the user's cache is left alone. Results:
