@@ -180,13 +180,22 @@ def plan_config(
     target = target_spacing(spacings)
     median = [float(v) for v in np.median(np.asarray(spacings, float), axis=0)]
     anisotropic = max(median) / min(median) > 3
-    if any(not np.allclose(s, target, rtol=0.01) for s in spacings):
-        steps.append({"name": "resample", "spacing": target})
-        reasons[f"preprocessing[{len(steps) - 1}]"] = f"median spacing {_mm(median)}" + (
+    # always: the cases to predict need not have the training cases' spacing (a no-op for
+    # a case already at the target)
+    steps.append({"name": "resample", "spacing": target})
+    reasons[f"preprocessing[{len(steps) - 1}]"] = (
+        f"median spacing {_mm(median)}"
+        + (
             "; anisotropic (ratio > 3): the thick axis takes its 10th percentile"
             if anisotropic
             else ""
         )
+        + (
+            "; the training cases have it already, new cases are brought to it"
+            if all(np.allclose(s, target, rtol=0.01) for s in spacings)
+            else ""
+        )
+    )
     resampled = [
         float(v)
         for v in np.median(
