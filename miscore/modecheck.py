@@ -66,8 +66,10 @@ class ModeCheck:
         y: their one-hot targets.
         batch_size: patches per forward pass.
         source: what the patches are, for messages (``validation`` or ``training``).
-        training_mode: also compute the training-mode Dice (off under a distribution
-            strategy, where variables are per device).
+        training_mode: also compute the training-mode Dice.
+        distributed: the model was built under a distribution strategy: variables are per
+            device, so the training mode is left out and patches are predicted by a direct
+            call (``predict_on_batch`` splits a batch over the replicas there).
     """
 
     x: npt.NDArray[np.float32]
@@ -75,6 +77,7 @@ class ModeCheck:
     batch_size: int
     source: str
     training_mode: bool = True
+    distributed: bool = False
 
     def __call__(self, model: Any) -> dict[str, float]:
         """``{dice_inference, dice_training_mode}`` of ``model`` on the fixed patches."""
@@ -85,8 +88,12 @@ class ModeCheck:
         non_trainable = [v.value for v in model.non_trainable_variables]
         for start in range(0, len(self.x), self.batch_size):
             chunk = self.x[start : start + self.batch_size]
-            inference.append(_numpy(_first(model.predict_on_batch(chunk))))
-            if self.training_mode:
+            if self.distributed:
+                output = model(keras.ops.convert_to_tensor(chunk), training=False)
+            else:
+                output = model.predict_on_batch(chunk)
+            inference.append(_numpy(_first(output)))
+            if self.training_mode and not self.distributed:
                 output, _ = model.stateless_call(
                     trainable, non_trainable, keras.ops.convert_to_tensor(chunk), training=True
                 )

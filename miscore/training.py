@@ -453,7 +453,7 @@ def fit_model(
     if progress:
         callbacks.append(make_progress(loader.steps_per_epoch, total))
     if check is not None and strategy is not None:
-        check.training_mode = False  # variables are per device under a strategy
+        check.distributed = True  # variables are per device under a strategy
     callbacks.append(make_recorder(folder, plugins, history, select, best, log, schedules, check))
     steps = loader.steps_per_epoch
     batches: Any = loader.forever(initial_epoch)

@@ -51,3 +51,6 @@ def test_mirrored_training_on_two_logical_devices_with_mixed_precision(tmp_path:
     assert "distributing over 2 devices (MirroredStrategy)" in result.stderr
     assert "EPOCHS 2 LABEL (16, 16, 16, 1)" in result.stdout
     assert (tmp_path / "model" / "model.keras").is_file()
+    header = (tmp_path / "model" / "history.tsv").read_text().splitlines()[0].split("\t")
+    assert "dice_inference" in header  # predicted by a direct call under the strategy
+    assert "dice_training_mode" not in header  # per-device variables: left out
