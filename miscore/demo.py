@@ -1,7 +1,7 @@
 """``miscore demo``: the whole pipeline on synthetic phantoms, end to end, with a report.
 
 synth (training and held-out cases) -> analyze + plan a config -> validate it -> cache ->
-train a 3D U-Net (Tversky loss, augmentation) -> sliding-window prediction of the held-out
+train the planned 3D U-Net (plan --budget) -> sliding-window prediction of the held-out
 cases -> evaluation -> report folder (metrics TSV, learning curves, Dice box plot, GIF
 overlays, report.html). Sized to finish in under 10 minutes on 2 CPU cores.
 """
