@@ -19,7 +19,6 @@ Every planned value's reason quotes what was measured.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import math
 import re
@@ -27,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,7 +144,7 @@ class Timer:
         import keras
 
         from miscore.loader import PatchLoader
-        from miscore.training import compile_model
+        from miscore.training import compile_model, per_head
 
         config = _with(self.config, candidate)
         registry = self.plugins.registry
@@ -164,7 +163,7 @@ class Timer:
             channels = self.cases[0].channels
             model = architecture.build([*loader.patch_shape, channels], config.data.classes)
             compile_model(model, config, self.plugins, config.data.classes, 10_000)
-            batches = _heads(loader.forever(), len(model.outputs))
+            batches = per_head(loader.forever(), len(model.outputs))
             model.fit(batches, steps_per_epoch=2, epochs=1, verbose=0, shuffle=False)
             first = time.perf_counter() - started
             steps = 4
@@ -186,8 +185,6 @@ class Timer:
                 steps = min(60, max(steps + 2, math.ceil(TIMED_SECONDS / per_step) + 1))
         finally:
             loader.close()
-            with contextlib.suppress(NameError):
-                del model
             keras.backend.clear_session()
             gc.collect()
         return Measured(candidate, per_step, first)
@@ -243,13 +240,6 @@ def _step_clock() -> Any:
             self.ends.append(time.perf_counter())
 
     return StepClock()
-
-
-def _heads(batches: Iterator[Any], outputs: int) -> Iterator[Any]:
-    """Deep supervision: every head gets the target, as training feeds it."""
-    if outputs == 1:
-        return batches
-    return ((x, (y,) * outputs) for x, y in batches)
 
 
 def start_up_seconds() -> float:

@@ -459,10 +459,9 @@ def fit_model(
     batches: Any = loader.forever(initial_epoch)
     validation_data: Any = validation
     outputs = len(model.outputs)
-    if outputs > 1:  # deep supervision: every head learns the same (full-size) target
-        batches = ((x, (y,) * outputs) for x, y in batches)
-        if validation is not None:
-            validation_data = (validation[0], (validation[1],) * outputs)
+    batches = per_head(batches, outputs)
+    if outputs > 1 and validation is not None:
+        validation_data = (validation[0], (validation[1],) * outputs)
     try:
         model.fit(
             batches,
@@ -512,6 +511,14 @@ def mode_check(
             return None
         (x, y), source = fixed, "training"
     return ModeCheck(x, y, config.training.batch_size, source, training_mode=not distributed)
+
+
+def per_head(batches: Iterator[Any], outputs: int) -> Iterator[Any]:
+    """Deep supervision: every head of a multi-output model learns the same (full-size)
+    target; a single-output model gets the batches as they are."""
+    if outputs == 1:
+        return batches
+    return ((x, (y,) * outputs) for x, y in batches)
 
 
 def refuse_used_folder(folder: ModelDir) -> None:
