@@ -66,7 +66,6 @@ class ModeCheck:
         y: their one-hot targets.
         batch_size: patches per forward pass.
         source: what the patches are, for messages (``validation`` or ``training``).
-        training_mode: also compute the training-mode Dice.
         distributed: the model was built under a distribution strategy: variables are per
             device, so the training mode is left out and patches are predicted by a direct
             call (``predict_on_batch`` splits a batch over the replicas there).
@@ -76,7 +75,6 @@ class ModeCheck:
     y: npt.NDArray[np.float32]
     batch_size: int
     source: str
-    training_mode: bool = True
     distributed: bool = False
 
     def __call__(self, model: Any) -> dict[str, float]:
@@ -93,7 +91,7 @@ class ModeCheck:
             else:
                 output = model.predict_on_batch(chunk)
             inference.append(_numpy(_first(output)))
-            if self.training_mode and not self.distributed:
+            if not self.distributed:
                 output, _ = model.stateless_call(
                     trainable, non_trainable, keras.ops.convert_to_tensor(chunk), training=True
                 )

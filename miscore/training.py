@@ -387,7 +387,7 @@ def fit_model(
     folder = ModelDir(model_dir)
     total = epochs or config.training.epochs
     monitor = "val_loss" if validation is not None else "loss"
-    check = mode_check(config, loader, validation, distributed=False)
+    check = mode_check(config, loader, validation)
     # the best model is the one that predicts best in inference mode on fixed patches; the
     # schedules (plateau, early stopping) keep watching the loss Keras logs
     select = INFERENCE_COLUMN if check is not None else monitor
@@ -495,7 +495,6 @@ def mode_check(
     config: Config,
     loader: PatchLoader,
     validation: tuple[np.ndarray, np.ndarray] | None,
-    distributed: bool = False,
 ) -> ModeCheck | None:
     """The per-epoch inference-mode check: validation patches, else fixed training ones."""
     from miscore.modecheck import ModeCheck
@@ -510,7 +509,7 @@ def mode_check(
         if fixed is None:
             return None
         (x, y), source = fixed, "training"
-    return ModeCheck(x, y, config.training.batch_size, source, training_mode=not distributed)
+    return ModeCheck(x, y, config.training.batch_size, source)
 
 
 def per_head(batches: Iterator[Any], outputs: int) -> Iterator[Any]:
