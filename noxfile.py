@@ -22,11 +22,12 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (lint and format) and mypy on the kernel and the bundled plugins."""
+    """ruff (lint and format), mypy, and the import contracts (layers, no cycles, public API)."""
     session.install(".[dev]")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy", "miscore", "plugins")
+    session.run("lint-imports")
 
 
 @nox.session

@@ -9,7 +9,7 @@ and every fold, the harness runs what a user runs, each as a subprocess:
     miscore evaluate PRED TEST --json --metric dice
 
 and scores two baselines on the same test cases with the same metric code
-(``miscore.evaluate``), so that a model that learned nothing is visible:
+(``miscore.pipeline.evaluate``), so that a model that learned nothing is visible:
 
 - threshold: per class, the intensity interval [lo, hi) that maximises Dice on the training
   case(s), applied to the test image. CT tasks use raw HU; other modalities are first
@@ -228,11 +228,11 @@ def majority_label(
 
 
 def baselines(task: Task, fold: Fold) -> dict[str, Any]:
-    """Threshold and training-mask Dice per test case and class, scored by miscore.evaluate."""
+    """Threshold and training-mask Dice per test case and class, scored by miscore's evaluate."""
     import miscore
-    from miscore.dataset import Dataset
-    from miscore.evaluate import evaluate
-    from miscore.volume import Volume
+    from miscore.core.volume import Volume
+    from miscore.data.dataset import Dataset
+    from miscore.pipeline.evaluate import evaluate
 
     registry = miscore.PluginManager().registry
     train = Dataset.discover(fold.train, registry)

@@ -52,7 +52,7 @@ def sample(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def miscore_pipeline(seed: int, elastic: bool = True) -> Any:
     import miscore
-    from miscore.augmenting import augment_sample
+    from miscore.pipeline.augmenting import augment_sample
 
     registry = miscore.PluginManager(disabled=(), trace=False).registry
     entries = [
@@ -179,7 +179,7 @@ def interpolation_comparison(repeats: int) -> dict[str, float]:
     """
     from scipy import ndimage
 
-    from miscore.augmenting import SpatialTransform, apply_spatial_transforms, compose
+    from miscore.pipeline.augmenting import SpatialTransform, apply_spatial_transforms, compose
 
     image, label = sample()
     angle = np.deg2rad(10.0)

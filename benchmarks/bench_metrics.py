@@ -11,7 +11,8 @@ Variants, each computing hd95 + assd + nsd for one class:
 - medpy: medpy.metric.binary hd95 + assd (no nsd; medpy recomputes the EDTs per call);
 - full: our distances on the full grid, recomputed for each metric (no crop, no cache);
 - crop: cropped to the masks' bounding box, recomputed for each metric (no cache);
-- crop+cache: what miscore.evaluate does (read-only masks: the three metrics share one pass).
+- crop+cache: what miscore.pipeline.evaluate does
+  (read-only masks: the three metrics share one pass).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 import miscore
-from miscore.evaluate import evaluate_case
+from miscore.pipeline.evaluate import evaluate_case
 
 SHAPE = (256, 256, 128)
 SPACING = (0.8, 0.8, 2.0)
@@ -146,7 +147,7 @@ def main() -> None:
         },
     }
     path = args.out / "metrics.json"
-    miscore.atomic.write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+    miscore.core.atomic.write_text_atomic(path, json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
 
 

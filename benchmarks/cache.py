@@ -1,6 +1,6 @@
 """Cache size against raw float32, and the time to read a random patch: cache vs NIfTI.
 
-Each cache is read two ways: zarr's own indexing, and ``miscore.chunkread.window_reader``
+Each cache is read two ways: zarr's own indexing, and ``miscore.cache.chunkread.window_reader``
 (the training loader's path: the chunk files decoded directly).
 
 Synthetic CT-like phantoms (integer HU, organs as ellipsoids, noise), written as NIfTI
@@ -26,7 +26,7 @@ import numpy as np
 
 import miscore
 from miscore.cache import CacheSettings, CaseCache
-from miscore.chunkread import window_reader
+from miscore.cache.chunkread import window_reader
 
 RESULTS = Path(__file__).parent / "results" / "cache.json"
 READ_CACHES = (
@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=30)
     results = bench(parser.parse_args())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    miscore.atomic.write_text_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
+    miscore.core.atomic.write_text_atomic(RESULTS, json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))
 
 

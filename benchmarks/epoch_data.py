@@ -40,12 +40,12 @@ CONFIG = {
 def one_run(data: Path, cache: Path, epochs: int) -> dict[str, Any]:
     """Cold epoch 0, then ``epochs`` warm epochs, each with the cache lookups a run does."""
     import miscore
-    from miscore.augmenting import expand_default
     from miscore.cache import open_cache
-    from miscore.config import check_components
-    from miscore.dataset import Dataset
-    from miscore.loader import PatchLoader
-    from miscore.training import prepare_cases
+    from miscore.core.config import check_components
+    from miscore.data.dataset import Dataset
+    from miscore.pipeline.augmenting import expand_default
+    from miscore.pipeline.loader import PatchLoader
+    from miscore.pipeline.training import prepare_cases
 
     config = miscore.parse_config({**CONFIG, "augmentation": expand_default("default")})
     plugins = miscore.PluginManager()

@@ -48,7 +48,7 @@ def volume() -> np.ndarray:
 def miscore_worker() -> dict[str, Any]:
     import keras
 
-    from miscore.inference import SlidingWindow, labels_from_scores
+    from miscore.pipeline.inference import SlidingWindow, labels_from_scores
 
     model = keras.Sequential(
         [keras.Input((*ROI, 1)), keras.layers.Conv3D(CLASSES, 1, activation="softmax")]

@@ -49,7 +49,7 @@ def volume() -> np.ndarray:
 def miscore_runner() -> Any:
     import keras
 
-    from miscore.inference import SlidingWindow, labels_from_scores
+    from miscore.pipeline.inference import SlidingWindow, labels_from_scores
 
     keras.utils.set_random_seed(0)
     model = keras.Sequential(

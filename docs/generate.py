@@ -1,6 +1,6 @@
 """Generate the reference pages from the code: ``python docs/generate.py`` (``nox -s docs``).
 
-- docs/plugins/hooks.md from the docstrings in ``miscore/hookspecs.py``;
+- docs/plugins/hooks.md from the docstrings in ``miscore/core/hookspecs.py``;
 - docs/reference/config.schema.json from the config models;
 - docs/configuration.md, the configuration reference: every section and field of the config
   (type, default, description) from the models' JSON Schema, and the parameters of every
@@ -20,12 +20,12 @@ DOCS = Path(__file__).resolve().parent
 
 
 def hooks_markdown() -> str:
-    from miscore import hookspecs
+    from miscore.core import hookspecs
 
     lines = [
         "# Hook reference",
         "",
-        "Generated from `miscore/hookspecs.py` by `python docs/generate.py`; do not edit.",
+        "Generated from `miscore/core/hookspecs.py` by `python docs/generate.py`; do not edit.",
         "Hooks are called with keyword arguments: an implementation may take a subset.",
         "",
     ]
@@ -39,7 +39,7 @@ def hooks_markdown() -> str:
 
 
 def config_schema() -> str:
-    from miscore.config import json_schema
+    from miscore.core.config import json_schema
 
     return json_schema() + "\n"
 
@@ -126,8 +126,8 @@ def _fields_table(schema: dict[str, Any], defaults: dict[str, Any]) -> list[str]
 
 
 def configuration_markdown() -> str:
-    from miscore.config import Config
-    from miscore.plugins import PluginManager
+    from miscore.core.config import Config
+    from miscore.core.plugins import PluginManager
 
     schema = Config.model_json_schema()
     definitions = schema["$defs"]
@@ -135,7 +135,7 @@ def configuration_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from the config models (`miscore/config.py`) and the bundled plugins'",
+        "Generated from the config models (`miscore/core/config.py`) and the bundled plugins'",
         "parameter models by `python docs/generate.py`; do not edit. A config is one YAML file;",
         "every section is optional and every unknown key is an error naming its path. Check a",
         "file with `miscore config validate FILE`; `miscore config schema` prints the JSON",

@@ -1,30 +1,45 @@
 """miscore: medical image segmentation with deep learning, a small kernel and plugins.
 
+This module is the one public API, for users and for plugins alike: a plugin imports
+``miscore`` and nothing below it (``miscore.core``, ``miscore.pipeline``... are the kernel's
+own rooms and may change). ``PLUGIN_API_VERSION`` says which contract this is; a plugin
+that needs a newer one declares it (``MISCORE_PLUGIN_API = "1.0"`` in its module) and is
+refused, with a clear message, by an older miscore.
+
 Importing ``miscore`` is light: TensorFlow loads only where a model is built or run.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from miscore.api import Model, Pipeline, load_model, open_dataset, synthesize
-from miscore.atomic import atomic_output
-from miscore.components import (
+from miscore.core.atomic import atomic_output
+from miscore.core.components import (
     Architecture,
     Augmentation,
     AugmentationParams,
+    Callback,
     Component,
+    DatasetLayout,
     Evaluator,
     Fold,
     ImageIO,
     Loss,
+    LRSchedule,
     Metric,
     Params,
+    Postprocessor,
+    Sampler,
     Subfunction,
 )
-from miscore.config import ComponentSpec, Config, check_components, load_config, parse_config
-from miscore.dataset import Dataset
-from miscore.errors import (
+from miscore.core.config import (
+    ComponentSpec,
+    Config,
+    apply_defaults,
+    check_components,
+    load_config,
+    parse_config,
+)
+from miscore.core.errors import (
     ComponentNotFoundError,
     ConfigError,
     InputError,
@@ -32,35 +47,38 @@ from miscore.errors import (
     PipelineError,
     PluginError,
 )
-from miscore.hookspecs import hookimpl
-from miscore.labels import as_label_volume
-from miscore.plugins import PluginManager
-from miscore.registry import Registry
-from miscore.volume import Case, Volume, check_case_id
-
-
-def cross_validate(*args: object, **kwargs: object) -> object:
-    """Train and evaluate every fold of a validation scheme (``miscore.crossval``)."""
-    import importlib
-
-    return importlib.import_module("miscore.crossval").cross_validate(*args, **kwargs)
-
+from miscore.core.hookspecs import hookimpl
+from miscore.core.labels import as_label_volume, label_dtype
+from miscore.core.plugins import PluginManager
+from miscore.core.registry import Registry
+from miscore.core.spatial import SpatialTransform
+from miscore.core.version import PLUGIN_API_VERSION, __version__
+from miscore.core.volume import Case, CaseSource, Volume, check_case_id
+from miscore.data.dataset import Dataset
+from miscore.pipeline.augmenting import apply_spatial_transforms
+from miscore.pipeline.crossval import cross_validate
+from miscore.pipeline.evaluate import read_folds_file
 
 __all__ = [
+    "PLUGIN_API_VERSION",
     "Architecture",
     "Augmentation",
     "AugmentationParams",
+    "Callback",
     "Case",
+    "CaseSource",
     "Component",
     "ComponentNotFoundError",
     "ComponentSpec",
     "Config",
     "ConfigError",
     "Dataset",
+    "DatasetLayout",
     "Evaluator",
     "Fold",
     "ImageIO",
     "InputError",
+    "LRSchedule",
     "Loss",
     "Metric",
     "MiscoreError",
@@ -70,19 +88,26 @@ __all__ = [
     "PipelineError",
     "PluginError",
     "PluginManager",
+    "Postprocessor",
     "Registry",
+    "Sampler",
+    "SpatialTransform",
     "Subfunction",
     "Volume",
     "__version__",
+    "apply_defaults",
+    "apply_spatial_transforms",
     "as_label_volume",
     "atomic_output",
     "check_case_id",
     "check_components",
     "cross_validate",
     "hookimpl",
+    "label_dtype",
     "load_config",
     "load_model",
     "open_dataset",
     "parse_config",
+    "read_folds_file",
     "synthesize",
 ]

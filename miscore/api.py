@@ -24,14 +24,13 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from miscore.augmenting import default_augmentation
-from miscore.components import BASES, Architecture, Component, Loss
-from miscore.config import Config, load_config, parse_config
-from miscore.dataset import Dataset
-from miscore.errors import ConfigError
-from miscore.hookspecs import REGISTRATION_HOOKS, hookimpl
-from miscore.plugins import PluginManager
-from miscore.volume import Volume
+from miscore.core.components import BASES, REGISTRATION_HOOKS, Architecture, Component, Loss
+from miscore.core.config import Config, load_config, parse_config
+from miscore.core.errors import ConfigError
+from miscore.core.hookspecs import hookimpl
+from miscore.core.plugins import PluginManager
+from miscore.core.volume import Volume
+from miscore.data.dataset import Dataset
 
 #: keyword -> (config section, field) for Pipeline(**overrides)
 SHORTCUTS: dict[str, tuple[str, str]] = {
@@ -79,7 +78,7 @@ def synthesize(
     plugins: PluginManager | None = None,
 ) -> Dataset:
     """Write a synthetic phantom dataset (as ``miscore synth``) and return it, discovered."""
-    from miscore.synth import write_dataset
+    from miscore.tools.synth import write_dataset
 
     plugins = plugins or PluginManager()
     write_dataset(
@@ -198,7 +197,7 @@ class Pipeline:
         }
         kind = kinds[key]
         if key == "augmentation" and value == "default":
-            value = default_augmentation()
+            value = ["default"]  # the plugins' default set (miscore_defaults)
 
         def entry(item: Any) -> Any:
             if isinstance(item, (str, Mapping)):
@@ -221,7 +220,7 @@ class Pipeline:
         log: Callable[[str], None] = _log,
     ) -> Model:
         """Train on the labelled cases of ``data``; returns the trained ``Model``."""
-        from miscore.training import train
+        from miscore.pipeline.training import train
 
         root = data.root if isinstance(data, Dataset) else data
         train(
@@ -242,10 +241,10 @@ class Pipeline:
         out: Path | str = "crossval",
         **options: Any,
     ) -> Any:
-        """Train and evaluate every fold; see ``miscore.crossval.cross_validate``."""
+        """Train and evaluate every fold; see ``miscore.pipeline.crossval.cross_validate``."""
         import importlib
 
-        crossval = importlib.import_module("miscore.crossval")
+        crossval = importlib.import_module("miscore.pipeline.crossval")
         root = data.root if isinstance(data, Dataset) else data
         return crossval.cross_validate(self.config, root, out, plugins=self.plugins, **options)
 
@@ -277,8 +276,8 @@ class Model:
         written there (as ``miscore predict``); returns the written paths. Without ``out``:
         ``source`` is a Volume or one image file, and the label Volume is returned.
         """
-        from miscore.inference import find_inputs, predict
-        from miscore.volume import Case
+        from miscore.core.volume import Case
+        from miscore.pipeline.inference import find_inputs, predict
 
         if out is not None:
             if isinstance(source, Volume):
@@ -302,6 +301,6 @@ class Model:
 
 def load_model(model_dir: Path | str, plugins: PluginManager | None = None) -> Model:
     """A model folder written by ``miscore train`` (loaded with Keras safe mode)."""
-    from miscore.inference import load_model as load_predictor
+    from miscore.pipeline.inference import load_model as load_predictor
 
     return Model(load_predictor(model_dir, plugins))

@@ -22,10 +22,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from miscore.components import Component, ImageIO
-from miscore.plugins import PluginManager
-from miscore.registry import check_component_class
-from miscore.volume import Case, Volume
+from miscore.core.components import Component, ImageIO
+from miscore.core.plugins import PluginManager
+from miscore.core.registry import check_component_class
+from miscore.core.volume import Case, Volume
 
 __all__ = [
     "check_component",

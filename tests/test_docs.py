@@ -14,7 +14,7 @@ from types import ModuleType
 import pytest
 
 from miscore.cli.main import build_app
-from miscore.plugins import PluginManager
+from miscore.core.plugins import PluginManager
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -83,7 +83,7 @@ def test_the_kits19_recipe_passes_config_validate() -> None:
 
 
 def test_the_kits19_recipe_is_the_papers_setup() -> None:
-    from miscore.config import load_config
+    from miscore.core.config import load_config
 
     config = load_config(DOCS / "recipes" / "kits19.yaml")
     assert config.patching.patch_shape == [80, 160, 160]  # slice axis first

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import miscore
-from miscore import hookspecs
+from miscore.core import hookspecs
 
 ROOT = Path(__file__).resolve().parents[1]
 

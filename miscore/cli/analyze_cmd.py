@@ -26,8 +26,8 @@ def analyze(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampled voxels.")] = 0,
 ) -> None:
     """Describe a dataset: shapes, spacings, orientations, intensities, classes, mismatches."""
-    from miscore.analysis import analyze_dataset, write_report
-    from miscore.dataset import Dataset
+    from miscore.data.dataset import Dataset
+    from miscore.tools.analysis import analyze_dataset, write_report
 
     cli = state(ctx)
     dataset = Dataset.discover(data, cli.plugins.registry, layout=layout)
@@ -43,7 +43,7 @@ def analyze(
 
 def summary(fingerprint: object) -> str:
     """The fingerprint as a few lines for people."""
-    from miscore.analysis import Fingerprint
+    from miscore.tools.analysis import Fingerprint
 
     assert isinstance(fingerprint, Fingerprint)
     f = fingerprint

@@ -32,9 +32,9 @@ def bench(
     Ends with a verdict: whether data loading or the model bounds training, and by how much.
     A throw-away cache is built in the temp folder; your cache and model folders are untouched.
     """
-    from miscore.bench import format_seconds, run_bench
-    from miscore.config import load_config
-    from miscore.errors import InputError
+    from miscore.core.config import load_config
+    from miscore.core.errors import InputError
+    from miscore.tools.bench import format_seconds, run_bench
 
     cli = state(ctx)
     settings = load_config(config)

@@ -11,15 +11,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from miscore.cli.state import print_json, state
-from miscore.errors import InputError, MiscoreError, PipelineError
-from miscore.progress import progress_bar
+from miscore.core.errors import InputError, MiscoreError, PipelineError
+from miscore.core.progress import progress_bar
 
 if TYPE_CHECKING:
     from miscore.cache import CaseCache, CaseSource
-    from miscore.components import Subfunction
-    from miscore.config import Config
-    from miscore.dataset import Dataset
-    from miscore.plugins import PluginManager
+    from miscore.core.components import Subfunction
+    from miscore.core.config import Config
+    from miscore.core.plugins import PluginManager
+    from miscore.data.dataset import Dataset
 
 app = typer.Typer(
     help="Build, inspect and clear the cache of preprocessed cases.", no_args_is_help=True
@@ -41,7 +41,7 @@ ConfigOption = Annotated[
 
 def _open(cache_path: str | None, config_path: Path | None) -> CaseCache:
     from miscore.cache import CaseCache, resolve_cache_location
-    from miscore.config import load_config
+    from miscore.core.config import load_config
 
     config = load_config(config_path) if config_path is not None else None
     return CaseCache(resolve_cache_location(config, cache_path))
@@ -128,9 +128,9 @@ class _BuildJob:
         manager: PluginManager,
     ) -> _BuildJob:
         from miscore.cache import open_cache
-        from miscore.config import load_config
-        from miscore.dataset import Dataset
-        from miscore.preprocess import build_steps
+        from miscore.core.config import load_config
+        from miscore.data.dataset import Dataset
+        from miscore.data.preprocess import build_steps
 
         config = load_config(config_path)
         if not config.cache.enabled:
@@ -169,7 +169,7 @@ def _worker_init(
     config_path: str, data: str | None, cache: str | None, local_plugins: Sequence[str]
 ) -> None:
     """Each worker process builds its own plugin manager and opens the job once."""
-    from miscore.plugins import PluginManager
+    from miscore.core.plugins import PluginManager
 
     manager = PluginManager(local_plugins=local_plugins)
     _WORKER["job"] = _BuildJob.open(

@@ -16,7 +16,7 @@ app = typer.Typer(help="Inspect and check configuration files.", no_args_is_help
 @app.command()
 def schema() -> None:
     """Print the JSON Schema of the config file."""
-    from miscore.config import json_schema
+    from miscore.core.config import json_schema
 
     sys.stdout.write(json_schema() + "\n")
 
@@ -27,7 +27,7 @@ def validate(
     file: Annotated[Path, typer.Argument(help="The YAML config file to check.")],
 ) -> None:
     """Check a config file: its fields, and every component name and parameter."""
-    from miscore.config import check_components, load_config
+    from miscore.core.config import check_components, load_config
 
     cli = state(ctx)
     config = load_config(file)

@@ -10,7 +10,7 @@ import typer
 from miscore.cli.state import import_tensorflow_quietly, state
 
 if TYPE_CHECKING:
-    from miscore.crossval import CrossValidationReport
+    from miscore.pipeline.crossval import CrossValidationReport
 
 
 def _print_summary(report: CrossValidationReport) -> None:
@@ -100,10 +100,10 @@ def cv(
     Afterwards, each class keeps only its largest connected component where that raised the
     test cases' mean Dice (nnU-Net's rule); the fold models predict with that decision.
     """
-    from miscore.config import load_config
-    from miscore.crossval import cross_validate, plan_splits, read_case_list
-    from miscore.errors import InputError
-    from miscore.evaluate import DEFAULT_METRICS
+    from miscore.core.config import load_config
+    from miscore.core.errors import InputError
+    from miscore.pipeline.crossval import cross_validate, plan_splits, read_case_list
+    from miscore.pipeline.evaluate import DEFAULT_METRICS
 
     cli = state(ctx)
     settings = load_config(config)

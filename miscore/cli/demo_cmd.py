@@ -21,7 +21,7 @@ def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
 ) -> None:
     """Synthetic phantoms -> plan -> train a 3D U-Net -> predict -> evaluate -> report."""
-    from miscore.demo import run_demo
+    from miscore.tools.demo import run_demo
 
     cli = state(ctx)
     import_tensorflow_quietly(cli.debug)

@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from miscore.cli.state import CliState, print_json, state
-from miscore.errors import InputError
-from miscore.progress import progress_bar
+from miscore.core.errors import InputError
+from miscore.core.progress import progress_bar
 
 if TYPE_CHECKING:
-    from miscore.dataset import Dataset
-    from miscore.evaluate import EvaluationReport
-    from miscore.registry import Registry
-    from miscore.volume import Volume
+    from miscore.core.registry import Registry
+    from miscore.core.volume import Volume
+    from miscore.data.dataset import Dataset
+    from miscore.pipeline.evaluate import EvaluationReport
 
 
 @dataclass(frozen=True)
@@ -35,13 +35,13 @@ def find_pairs(
     """Pair predictions with ground truth by case id.
 
     ``pred`` is a flat folder of label files (or one file). ``gt`` is a flat folder of label
-    files, one file, or a dataset of any ``miscore.dataset`` layout, whose label files are
+    files, one file, or a dataset of any ``miscore.data.dataset`` layout, whose label files are
     used. Returns the ground-truth dataset, the pairs (in case id order) and the ids of
     ground-truth cases without a prediction. Two single files pair whatever their names.
 
     Raises ``InputError`` when a prediction has no ground truth.
     """
-    from miscore.dataset import Dataset
+    from miscore.data.dataset import Dataset
 
     predictions = Dataset.discover(pred, registry, layout="files")
     # `miscore predict --probabilities` writes <case>_probabilities beside the label maps
@@ -77,8 +77,8 @@ def read_pair(pair: CasePair, truths: Dataset) -> tuple[Volume, Volume]:
     ``read_label``) is loaded with its case through the dataset; other label files are read
     alone, without the image.
     """
-    from miscore.components import ImageIO
-    from miscore.labels import as_label_volume
+    from miscore.core.components import ImageIO
+    from miscore.core.labels import as_label_volume
 
     truth_io = truths.io_for(pair.truth)
     if type(truth_io).read_label is ImageIO.read_label:  # no image needed
@@ -186,8 +186,8 @@ def evaluate(
 
     Prints the summary per class and metric; --out writes every case and class as TSV.
     """
-    from miscore.evaluate import DEFAULT_METRICS
-    from miscore.evaluate import evaluate as run_evaluation
+    from miscore.pipeline.evaluate import DEFAULT_METRICS
+    from miscore.pipeline.evaluate import evaluate as run_evaluation
 
     cli: CliState = state(ctx)
     registry = cli.plugins.registry

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from miscore.cli.state import print_json, state
-from miscore.errors import InputError
+from miscore.core.errors import InputError
 
 
 def info(
@@ -84,7 +84,7 @@ def image_report(path: Path, io: Any) -> dict[str, Any]:
 
 def dataset_report(path: Path, registry: Any) -> dict[str, Any]:
     """The facts ``miscore info`` shows for a dataset folder (without reading images)."""
-    from miscore.dataset import Dataset
+    from miscore.data.dataset import Dataset
 
     dataset = Dataset.discover(path, registry)
     return {

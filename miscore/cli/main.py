@@ -14,7 +14,6 @@ from typing import Annotated
 
 import typer
 
-from miscore import __version__
 from miscore.cli import (
     analyze_cmd,
     bench_cmd,
@@ -30,8 +29,9 @@ from miscore.cli import (
     train_cmd,
 )
 from miscore.cli.state import CliState
-from miscore.errors import MiscoreError
-from miscore.plugins import PLUGINS_ENV, PluginManager, split_env_list
+from miscore.core.errors import MiscoreError
+from miscore.core.plugins import PLUGINS_ENV, PluginManager, split_env_list
+from miscore.core.version import __version__
 
 
 def _version_callback(ctx: typer.Context, value: bool) -> None:

@@ -38,15 +38,15 @@ def plan(
     ] = None,
 ) -> None:
     """Plan spacing, intensity scheme, patch, batch and network depth; every value says why."""
-    from miscore.analysis import analyze_dataset
-    from miscore.atomic import write_text_atomic
-    from miscore.dataset import Dataset
-    from miscore.planning import plan_config
+    from miscore.core.atomic import write_text_atomic
+    from miscore.data.dataset import Dataset
+    from miscore.tools.analysis import analyze_dataset
+    from miscore.tools.planning import plan_config
 
     cli = state(ctx)
     seconds = None
     if budget is not None:
-        from miscore.budget import parse_budget
+        from miscore.tools.budget import parse_budget
 
         seconds = parse_budget(budget)
     dataset = Dataset.discover(data, cli.plugins.registry, layout=layout)
@@ -55,8 +55,8 @@ def plan(
         fingerprint, memory_gb=memory_gb, two_d=two_d, data_path=str(data.resolve())
     )
     if seconds is not None:
-        from miscore.budget import plan_for_budget
         from miscore.cli.state import import_tensorflow_quietly
+        from miscore.tools.budget import plan_for_budget
 
         import_tensorflow_quietly(cli.debug)
         planned = plan_for_budget(planned, dataset, cli.plugins, seconds, cache=cache, log=cli.log)

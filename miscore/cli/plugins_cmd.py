@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from miscore.cli.state import print_json, state
-from miscore.components import KINDS
+from miscore.core.components import KINDS
 
 
 def plugins(

@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from miscore.plugins import PluginManager
+from miscore.core.plugins import PluginManager
 
 
 @dataclass

@@ -37,7 +37,7 @@ def synth(
     ] = False,
 ) -> None:
     """Write phantoms: a body, an organ (class 1) and tumours (2..K-1), noise and bias field."""
-    from miscore.synth import write_dataset
+    from miscore.tools.synth import write_dataset
 
     cli = state(ctx)
     size = list(shape[:2]) if two_d else list(shape)

@@ -31,9 +31,9 @@ def train(
     ] = None,
 ) -> None:
     """Train a model on a dataset and write the model folder."""
-    from miscore.config import load_config
-    from miscore.errors import InputError
-    from miscore.training import train as run_training
+    from miscore.core.config import load_config
+    from miscore.core.errors import InputError
+    from miscore.pipeline.training import train as run_training
 
     cli = state(ctx)
     settings = load_config(config)
@@ -90,7 +90,7 @@ def predict(
     ] = None,
 ) -> None:
     """Predict label maps with a trained model; each is written with its input's geometry."""
-    from miscore.inference import predict as run_prediction
+    from miscore.pipeline.inference import predict as run_prediction
 
     cli = state(ctx)
     import_tensorflow_quietly(cli.debug)

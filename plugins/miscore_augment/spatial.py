@@ -16,7 +16,7 @@ import numpy.typing as npt
 from pydantic import Field
 
 import miscore
-from miscore.augmenting import SpatialTransform, apply_spatial_transforms
+from miscore import SpatialTransform, apply_spatial_transforms
 
 Plane = tuple[int, int]
 

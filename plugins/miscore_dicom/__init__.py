@@ -8,6 +8,8 @@ Heavy imports (pydicom, highdicom, SimpleITK, nibabel) happen inside functions.
 
 from __future__ import annotations
 
+from typing import Any
+
 import miscore
 from miscore_dicom.io import DicomIO
 
@@ -17,3 +19,8 @@ __all__ = ["DicomIO"]
 @miscore.hookimpl
 def miscore_register_io() -> list[type[miscore.ImageIO]]:
     return [DicomIO]
+
+
+@miscore.hookimpl(trylast=True)
+def miscore_register_output_formats() -> dict[str, dict[str, Any]]:
+    return {"dicom-seg": {"name": "dicom", "output": "dicom-seg"}}

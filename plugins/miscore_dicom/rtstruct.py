@@ -86,7 +86,7 @@ def rasterise_rtstruct(
     roi_classes: Mapping[str, int] | None = None,
 ) -> miscore.Volume:
     """Rasterise the CLOSED_PLANAR contours of an RTSTRUCT onto ``image``'s grid."""
-    from miscore.labels import label_dtype
+    from miscore import label_dtype
 
     if image.ndim != 3:
         raise miscore.InputError(f"{path}: an RTSTRUCT needs a 3D image to be drawn on")

@@ -56,7 +56,7 @@ def read_seg(
     segment_classes: Mapping[str, int] | None = None,
 ) -> miscore.Volume:
     """The segments of a SEG object as a label map on ``image``'s grid."""
-    from miscore.labels import label_dtype
+    from miscore import label_dtype
 
     if image.ndim != 3:
         raise miscore.InputError(f"{path}: a DICOM SEG needs a 3D image to be placed on")

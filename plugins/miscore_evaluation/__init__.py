@@ -1,7 +1,8 @@
 """Validation schemes: k-fold, leave-one-out, percentage split, explicit lists.
 
 Each is an ``Evaluator``: ``split(case_ids, seed) -> list[Fold]``, seeded and reproducible.
-``miscore.evaluate.write_folds`` records folds in a JSON file; the ``explicit`` scheme reads
+``miscore.pipeline.evaluate.write_folds`` records folds in a JSON file; the ``explicit``
+scheme reads
 such a file back (``{name: explicit, file: folds.json}``).
 """
 

@@ -13,7 +13,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 import miscore
-from miscore.evaluate import read_folds_file
+from miscore import read_folds_file
 
 
 def sorted_unique(case_ids: Sequence[str]) -> list[str]:
@@ -111,7 +111,8 @@ class ExplicitSplit(miscore.Evaluator):
             None, description="test case ids; None: every case not in 'train'"
         )
         file: str | None = Field(
-            None, description="a fold file (JSON from miscore.evaluate.write_folds) to reuse"
+            None,
+            description="a fold file (JSON from miscore.pipeline.evaluate.write_folds) to reuse",
         )
 
         @model_validator(mode="after")

@@ -7,6 +7,8 @@ Losses: ``tversky`` (the default), ``dice``, ``dice_classwise``, ``dice_ce``, ``
 
 from __future__ import annotations
 
+from typing import Any
+
 import miscore
 from miscore_losses.components import (
     ClasswiseDiceLoss,
@@ -48,3 +50,8 @@ __all__ = [
 @miscore.hookimpl
 def miscore_register_losses() -> list[type[miscore.Loss]]:
     return list(LOSSES)
+
+
+@miscore.hookimpl(trylast=True)
+def miscore_defaults() -> dict[str, Any]:
+    return {"loss": {"name": "tversky"}}

@@ -8,6 +8,8 @@ imported only inside ``build``; see docs/models.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 import miscore
 from miscore_unet.attention import AttentionUNet
 from miscore_unet.base import UNetArchitecture, UNetParams
@@ -44,3 +46,8 @@ __all__ = [
 @miscore.hookimpl
 def miscore_register_architectures() -> list[type[miscore.Architecture]]:
     return list(ARCHITECTURES)
+
+
+@miscore.hookimpl(trylast=True)
+def miscore_defaults() -> dict[str, Any]:
+    return {"architecture": {"name": "unet"}}

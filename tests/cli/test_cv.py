@@ -166,9 +166,9 @@ def test_predict_with_the_cv_folder_averages_the_folds(cv: Path) -> None:
     np.testing.assert_allclose(written.affine, source.affine, atol=1e-4)
 
     from miscore import PluginManager
-    from miscore.dataset import Dataset
-    from miscore.inference import EnsemblePredictor, load_model
-    from miscore.postprocessing import keep_largest_component
+    from miscore.data.dataset import Dataset
+    from miscore.pipeline.inference import EnsemblePredictor, load_model
+    from miscore.pipeline.postprocessing import keep_largest_component
 
     plugins = PluginManager()
     ensemble = load_model(cv / "cv", plugins)

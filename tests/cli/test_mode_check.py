@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miscore.modecheck import degenerate_warning, hard_dice
+from miscore.pipeline.modecheck import degenerate_warning, hard_dice
 from tests.cli.helpers import run_cli
 
 CONFIG = """

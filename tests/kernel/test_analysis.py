@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 import miscore
-from miscore.analysis import analyze_dataset, write_report
-from miscore.dataset import Dataset
-from miscore.synth import write_dataset
+from miscore.data.dataset import Dataset
+from miscore.tools.analysis import analyze_dataset, write_report
+from miscore.tools.synth import write_dataset
 
 
 @pytest.fixture

@@ -16,15 +16,13 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 import miscore
-from miscore import augmenting
-from miscore.augmenting import (
+from miscore.pipeline import augmenting
+from miscore.pipeline.augmenting import (
     SpatialTransform,
     TTATransform,
     apply_spatial_transforms,
     augment_sample,
     compose,
-    default_augmentation,
-    expand_default,
     tta_predict,
     tta_transforms,
 )
@@ -417,12 +415,3 @@ def test_any_flip_and_quarter_turn_is_an_exact_view(
     np.testing.assert_array_equal(out_label, transform.forward(label))
 
 
-def test_default_expands_to_the_default_set() -> None:
-    assert expand_default("default") == default_augmentation()
-    shift = {"name": "shift", "p": 0.3}
-    assert expand_default(["default", shift]) == [*default_augmentation(), shift]
-    spec = miscore.ComponentSpec.model_validate("default")
-    assert expand_default([spec]) == default_augmentation()
-    assert expand_default([shift]) == [shift]
-    with pytest.raises(miscore.InputError, match="no parameters"):
-        expand_default([{"name": "default", "p": 1.0}])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from miscore.bench import StageTiming, make_verdict
+from miscore.tools.bench import StageTiming, make_verdict
 from tests.cli.helpers import assert_one_line_error, run_cli
 
 CONFIG = """

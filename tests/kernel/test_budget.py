@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from miscore.budget import (
+from miscore.core.config import parse_config
+from miscore.core.errors import InputError
+from miscore.tools.budget import (
     MAX_STEPS_PER_EPOCH,
     MIN_EPOCHS,
     Candidate,
@@ -17,8 +19,6 @@ from miscore.budget import (
     parse_budget,
     schedule,
 )
-from miscore.config import parse_config
-from miscore.errors import InputError
 from tests.cli.helpers import assert_one_line_error, run_cli
 
 

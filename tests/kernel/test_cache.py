@@ -30,7 +30,7 @@ from miscore.cache import (
     resolve_cache_location,
     split_cacheable,
 )
-from miscore.chunkread import CompressedArray
+from miscore.cache.chunkread import CompressedArray
 from miscore.testing import oblique_affine, synthetic_case
 
 # --- a stand-in preprocessing plugin and input files ------------------------------------
@@ -530,9 +530,9 @@ def test_cli_build_in_shards_with_workers_then_hits(
     tmp_path: Path, installed_plugins: miscore.PluginManager
 ) -> None:
     from miscore.cache import cache_dataset_case
-    from miscore.dataset import Dataset
-    from miscore.preprocess import build_steps
-    from miscore.synth import write_dataset
+    from miscore.data.dataset import Dataset
+    from miscore.data.preprocess import build_steps
+    from miscore.tools.synth import write_dataset
     from tests.cli.helpers import assert_one_line_error, run_cli
 
     data = tmp_path / "data"

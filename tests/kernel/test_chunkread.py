@@ -10,9 +10,9 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
-from miscore.chunkread import ChunkFileReader, CompressedArray, window_reader
-from miscore.errors import PipelineError
-from miscore.patching import extract_patch
+from miscore.cache.chunkread import ChunkFileReader, CompressedArray, window_reader
+from miscore.core.errors import PipelineError
+from miscore.pipeline.patching import extract_patch
 
 SHAPE = (37, 50, 29, 1)  # no axis a multiple of the chunk: partial edge chunks everywhere
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import miscore
-from miscore.config import json_schema
-from miscore.plugins import PluginManager
+from miscore.core.config import json_schema
+from miscore.core.plugins import PluginManager
 from tests.kernel.test_plugins import Steps
 
 
@@ -118,7 +119,7 @@ def test_unknown_component_names_give_the_field_and_a_suggestion(
 
 
 class Model:
-    """A plugin registering an architecture and a loss under the config defaults' names."""
+    """A plugin registering an architecture and a loss, and naming them the defaults."""
 
     class UNet(miscore.Architecture):
         name = "unet"
@@ -133,6 +134,10 @@ class Model:
     @miscore.hookimpl
     def miscore_register_losses(self) -> list[type[miscore.Loss]]:
         return [self.Tversky]
+
+    @miscore.hookimpl
+    def miscore_defaults(self) -> dict[str, Any]:
+        return {"architecture": {"name": "unet"}, "loss": {"name": "tversky"}}
 
 
 def test_check_components_creates_everything_with_unique_state_keys(
@@ -164,11 +169,28 @@ def test_schema_is_json_schema_with_every_section() -> None:
     }
 
 
-def test_augmentation_default_is_the_documented_set() -> None:
-    from miscore.augmenting import default_augmentation
+def test_augmentation_default_is_the_set_a_plugin_supplies() -> None:
+    from miscore_augment import default_augmentation
 
+    registry = miscore.PluginManager().registry
     config = miscore.parse_config({"augmentation": "default"})
-    assert [s.model_dump() for s in config.augmentation] == default_augmentation()
+    assert [s.name for s in config.augmentation] == ["default"]  # resolved with plugins
+    applied = miscore.apply_defaults(config, registry)
+    assert [s.model_dump() for s in applied.augmentation] == default_augmentation()
     extended = miscore.parse_config({"augmentation": ["default", {"name": "shift"}]})
-    assert [s.name for s in extended.augmentation][-1] == "shift"
-    assert len(extended.augmentation) == len(default_augmentation()) + 1
+    applied = miscore.apply_defaults(extended, registry)
+    assert [s.name for s in applied.augmentation][-1] == "shift"
+    assert len(applied.augmentation) == len(default_augmentation()) + 1
+    with pytest.raises(miscore.ConfigError, match=r"augmentation.*no parameters"):
+        miscore.parse_config({"augmentation": [{"name": "default", "p": 1.0}]})
+
+
+def test_architecture_and_loss_defaults_come_from_plugins() -> None:
+    config = miscore.parse_config({})
+    assert config.model.architecture is None and config.model.loss is None
+    applied = miscore.apply_defaults(config, miscore.PluginManager().registry)
+    assert applied.model.architecture_entry.name == "unet"
+    assert applied.model.loss_entry.name == "tversky"
+    bare = miscore.PluginManager(load_entrypoints=False).registry
+    with pytest.raises(miscore.ConfigError, match=r"model\.architecture: not set"):
+        miscore.apply_defaults(config, bare)

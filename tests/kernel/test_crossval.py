@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from miscore import Case, Config, InputError, PluginManager, Volume
-from miscore.crossval import (
+from miscore.pipeline.crossval import (
     CrossValidationReport,
     FoldResult,
     ensemble_members,
@@ -20,10 +20,10 @@ from miscore.crossval import (
     plan_splits,
     read_case_list,
 )
-from miscore.evaluate import EvaluationRow, read_folds_file, summarize
-from miscore.inference import EnsemblePredictor, Predictor, probabilities
-from miscore.modeldir import ModelInfo
-from miscore.synth import write_dataset
+from miscore.pipeline.evaluate import EvaluationRow, read_folds_file, summarize
+from miscore.pipeline.inference import EnsemblePredictor, Predictor, probabilities
+from miscore.pipeline.modeldir import ModelInfo
+from miscore.tools.synth import write_dataset
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import miscore
-from miscore.dataset import CaseSource, Dataset
+from miscore.data.dataset import CaseSource, Dataset
 from miscore.testing import oblique_affine
 
 

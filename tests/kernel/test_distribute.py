@@ -16,7 +16,7 @@ SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import miscore
-    from miscore.training import train
+    from miscore.pipeline.training import train
 
     root = sys.argv[1]
     plugins = miscore.PluginManager()

@@ -1,4 +1,4 @@
-"""miscore.evaluate: per-case, per-class metric rows, the summary, TSV and JSON reports."""
+"""miscore.pipeline.evaluate: per-case, per-class metric rows, the summary, TSV and JSON reports."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import miscore
-from miscore.evaluate import DEFAULT_METRICS, EvaluationReport, evaluate
+from miscore.pipeline.evaluate import DEFAULT_METRICS, EvaluationReport, evaluate
 
 AFFINE = np.diag([1.5, 0.5, 2.0, 1.0])  # anisotropic: axis 0 is 1.5 mm
 

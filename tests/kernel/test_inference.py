@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from miscore.augmenting import tta_transforms
-from miscore.inference import (
+from miscore.pipeline.augmenting import tta_transforms
+from miscore.pipeline.inference import (
     SlidingWindow,
     gaussian_importance,
     keep_largest_component,

@@ -9,7 +9,7 @@ import pytest
 
 import miscore
 from miscore.cache import CacheKey, CacheSettings, CaseCache, MemoryCache
-from miscore.loader import PatchLoader
+from miscore.pipeline.loader import PatchLoader
 from miscore.testing import synthetic_case
 
 

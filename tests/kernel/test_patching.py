@@ -10,8 +10,8 @@ import pytest
 import zarr
 
 import miscore
-from miscore.config import PatchingConfig
-from miscore.patching import (
+from miscore.core.config import PatchingConfig
+from miscore.pipeline.patching import (
     PatchSampler,
     class_locations,
     extract_patch,

@@ -9,16 +9,16 @@ import pytest
 import yaml
 
 import miscore
-from miscore.analysis import analyze_dataset
-from miscore.config import check_components, load_config
-from miscore.dataset import Dataset
-from miscore.planning import (
+from miscore.core.config import check_components, load_config
+from miscore.data.dataset import Dataset
+from miscore.tools.analysis import analyze_dataset
+from miscore.tools.planning import (
     estimate_memory_bytes,
     plan_config,
     planned_augmentation,
     target_spacing,
 )
-from miscore.synth import write_dataset
+from miscore.tools.synth import write_dataset
 from tests.kernel.test_analysis import write_mr_dataset
 
 

@@ -10,7 +10,7 @@ import pytest
 from pydantic import Field
 
 import miscore
-from miscore.plugins import PluginManager
+from miscore.core.plugins import PluginManager
 
 
 class Clip(miscore.Subfunction):

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from miscore import Case, Config, PluginManager, Volume
-from miscore.inference import Predictor
-from miscore.modeldir import ModelInfo
-from miscore.postprocessing import (
+from miscore.pipeline.inference import Predictor
+from miscore.pipeline.modeldir import ModelInfo
+from miscore.pipeline.postprocessing import (
     LargestComponentTrial,
     PostprocessingDecision,
     keep_largest_component,

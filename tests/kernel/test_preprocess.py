@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import miscore
-from miscore.preprocess import build_steps, one_hot, postprocess_prediction, preprocess_case
+from miscore.data.preprocess import build_steps, one_hot, postprocess_prediction, preprocess_case
 from miscore.testing import synthetic_case
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import miscore
-from miscore.dataset import Dataset
-from miscore.synth import phantom_case, write_dataset
+from miscore.data.dataset import Dataset
+from miscore.tools.synth import phantom_case, write_dataset
 
 
 def test_same_seed_same_case_other_seed_other_case() -> None:

@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from miscore import InputError, PluginManager, Volume
-from miscore.evaluate import evaluate
-from miscore.visualize import (
+from miscore.pipeline.evaluate import evaluate
+from miscore.pipeline.visualize import (
     OVERLAY_ALPHA,
     class_colour,
     fold_curves_figure,

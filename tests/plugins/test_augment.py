@@ -10,14 +10,11 @@ import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from miscore_augment import default_augmentation
 
 import miscore
-from miscore.augmenting import (
-    SpatialTransform,
-    apply_spatial_transforms,
-    augment_sample,
-    default_augmentation,
-)
+from miscore import SpatialTransform, apply_spatial_transforms
+from miscore.pipeline.augmenting import augment_sample
 from miscore.testing import check_component, synthetic_case
 
 SPATIAL = ("flip", "rotate90", "rotate", "scale", "shift", "elastic")

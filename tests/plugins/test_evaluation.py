@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import miscore
-from miscore.evaluate import read_folds, read_folds_file, write_folds
+from miscore.pipeline.evaluate import read_folds, read_folds_file, write_folds
 from miscore.testing import check_component
 
 CASES = [f"case_{i:03d}" for i in range(23)]

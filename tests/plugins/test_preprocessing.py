@@ -22,7 +22,7 @@ from miscore_preprocessing import (
 )
 
 import miscore
-from miscore.preprocess import build_steps, postprocess_prediction, preprocess_case
+from miscore.data.preprocess import build_steps, postprocess_prediction, preprocess_case
 from miscore.testing import check_component, oblique_affine
 
 ALL = [ZScore, MinMax, Scale, Clip, CtWindow, Resample, Resize, Reorient, Pad, CropForeground]

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import miscore
-from miscore.config import load_config, parse_config
+from miscore.core.config import load_config, parse_config
 from tests.reliability.helpers import FUZZ
 
 
@@ -237,7 +237,7 @@ TREES = st.recursive(
 @FUZZ
 @given(tree=st.dictionaries(KEYS, TREES, max_size=6))
 def test_config_trees(installed_plugins: miscore.PluginManager, tree: dict[str, object]) -> None:
-    from miscore.config import check_components
+    from miscore.core.config import check_components
 
     try:
         config = parse_config(tree, "fuzz.yaml")

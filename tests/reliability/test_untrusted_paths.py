@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 import miscore
-from miscore.dataset import Dataset
-from miscore.volume import check_case_id
+from miscore.core.volume import check_case_id
+from miscore.data.dataset import Dataset
 from tests.cli.helpers import assert_one_line_error, run_cli
 from tests.reliability.helpers import files_under
 

@@ -1,0 +1,1 @@
+"""The contract: data model, component bases, hook specs, plugin manager, registry, config."""

@@ -1,0 +1,239 @@
+"""Lookups of registered components by kind and name."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from miscore.core.components import (
+    BASES,
+    KINDS,
+    Architecture,
+    Augmentation,
+    Component,
+    Evaluator,
+    ImageIO,
+    Loss,
+    Metric,
+    Subfunction,
+)
+from miscore.core.errors import ComponentNotFoundError, ConfigError, InputError
+
+C = TypeVar("C", bound=Component)
+
+
+@dataclass(frozen=True)
+class ComponentInfo:
+    """Where a registered component comes from."""
+
+    kind: str
+    name: str
+    cls: type[Component]
+    plugin: str
+    version: str
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or whose registration hook raised."""
+
+    plugin: str
+    stage: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"plugin {self.plugin!r} failed at {self.stage}: {self.message}"
+
+
+def format_location(loc: Sequence[int | str]) -> str:
+    """``('preprocessing', 1, 'min')`` -> ``preprocessing[1].min``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def format_validation_error(error: ValidationError, prefix: str = "") -> str:
+    """One line naming every wrong field by its path, as users write it in YAML."""
+    parts = []
+    for item in error.errors():
+        loc = format_location(item["loc"])
+        path = ".".join(p for p in (prefix, loc) if p) or "config"
+        parts.append(f"{path}: {item['msg']}")
+    return "; ".join(parts)
+
+
+class Registry:
+    """Every component the loaded plugins registered, by kind and name."""
+
+    def __init__(
+        self,
+        components: Iterable[ComponentInfo],
+        failures: Sequence[PluginFailure] = (),
+        *,
+        defaults: Mapping[str, Any] | None = None,
+        output_formats: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self._by_kind: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in KINDS}
+        for info in components:
+            self._by_kind[info.kind][info.name] = info
+        self.failures: tuple[PluginFailure, ...] = tuple(failures)
+        #: what a config leaves out (``miscore_defaults``): architecture, loss, augmentation
+        self.defaults: dict[str, Any] = dict(defaults or {})
+        #: ``--format`` names: format -> IO entry ``{name, **params}``
+        self.output_formats: dict[str, dict[str, Any]] = {
+            k: dict(v) for k, v in (output_formats or {}).items()
+        }
+
+    # --- lookups ------------------------------------------------------------------------
+
+    def names(self, kind: str) -> list[str]:
+        """Sorted names of the registered components of ``kind``."""
+        return sorted(self._kind(kind))
+
+    def components(self, kind: str) -> list[ComponentInfo]:
+        return [self._kind(kind)[name] for name in self.names(kind)]
+
+    def info(self, kind: str, name: str) -> ComponentInfo:
+        """The registration record of a component; raises a helpful error when missing."""
+        table = self._kind(kind)
+        if name in table:
+            return table[name]
+        raise ComponentNotFoundError(self._missing_message(kind, name))
+
+    def get(self, kind: str, name: str) -> type[Component]:
+        return self.info(kind, name).cls
+
+    def get_io(self, name: str) -> type[ImageIO]:
+        return self._typed("io", name, ImageIO)
+
+    def get_subfunction(self, name: str) -> type[Subfunction]:
+        return self._typed("subfunction", name, Subfunction)
+
+    def get_augmentation(self, name: str) -> type[Augmentation]:
+        return self._typed("augmentation", name, Augmentation)
+
+    def get_architecture(self, name: str) -> type[Architecture]:
+        return self._typed("architecture", name, Architecture)
+
+    def get_loss(self, name: str) -> type[Loss]:
+        return self._typed("loss", name, Loss)
+
+    def get_metric(self, name: str) -> type[Metric]:
+        return self._typed("metric", name, Metric)
+
+    def get_evaluator(self, name: str) -> type[Evaluator]:
+        return self._typed("evaluator", name, Evaluator)
+
+    # --- creation -----------------------------------------------------------------------
+
+    def create(self, kind: str, spec: Any, where: str = "") -> Any:
+        """Create a component from a name, a ``{name, **params}`` mapping or an object.
+
+        An object that is already a component (or, for the Python API, any other object such
+        as a Keras loss) is returned unchanged. ``where`` is the config path used in errors,
+        e.g. ``preprocessing[1]``.
+        """
+        if isinstance(spec, BaseModel):
+            spec = spec.model_dump()
+        if isinstance(spec, str):
+            name, params = spec, {}
+        elif isinstance(spec, Mapping):
+            values = dict(spec)
+            name = values.pop("name", None)
+            params = values
+            if not isinstance(name, str):
+                field = f"{where}.name" if where else "name"
+                raise ConfigError(f"{field}: a {kind} entry needs a 'name'")
+        else:
+            return spec
+        try:
+            cls = self.get(kind, name)
+        except ComponentNotFoundError as exc:
+            field = f"{where}.name" if where else "name"
+            raise ComponentNotFoundError(f"{field}: {exc}") from None
+        try:
+            return cls(params)
+        except ValidationError as exc:
+            prefix = f"{where}.{name}" if where else name
+            raise ConfigError(format_validation_error(exc, prefix)) from None
+
+    def io_for(self, path: Path) -> ImageIO:
+        """The first registered IO component that can read ``path``."""
+        for info in self.components("io"):
+            io = info.cls()
+            assert isinstance(io, ImageIO)
+            if io.can_read(path):
+                return io
+        if not path.exists():
+            raise InputError(f"{path}: no such file or folder")
+        known = sorted({s for i in self.components("io") for s in getattr(i.cls, "suffixes", ())})
+        raise InputError(
+            f"{path}: no installed reader handles this file; known endings: "
+            f"{', '.join(known) or 'none (no IO plugin is installed)'}"
+        )
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _kind(self, kind: str) -> dict[str, ComponentInfo]:
+        if kind not in self._by_kind:
+            raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
+        return self._by_kind[kind]
+
+    def _typed(self, kind: str, name: str, base: type[C]) -> type[C]:
+        cls = self.get(kind, name)
+        assert issubclass(cls, base)
+        return cls
+
+    def _missing_message(self, kind: str, name: str) -> str:
+        installed = self.names(kind)
+        message = f"no {kind} named {name!r}"
+        close = difflib.get_close_matches(name, installed, n=1, cutoff=0.5)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        message += f"; installed: {', '.join(installed) if installed else 'none'}"
+        if self.failures:
+            message += "; " + "; ".join(str(f) for f in self.failures)
+        return message
+
+
+def check_component_class(kind: str, cls: object) -> type[Component]:
+    """Validate a class a plugin registered for ``kind``; raise ``TypeError`` saying why."""
+    base = BASES[kind]
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise TypeError(f"registered {cls!r} as {kind}; it is not a subclass of {base.__name__}")
+    if not cls.name or not isinstance(cls.name, str):
+        raise TypeError(f"{cls.__name__} has no 'name'")
+    extra = cls.Params.model_config.get("extra")
+    if extra != "forbid":
+        raise TypeError(f"{cls.__name__}.Params must forbid extra fields (derive miscore.Params)")
+    return cls
+
+
+def build_steps(specs: Iterable[Any], registry: Registry) -> list[Subfunction]:
+    """Create the subfunctions a config lists, each with a unique ``state_key``.
+
+    Args:
+        specs: entries as a config holds them: a name, a ``{name, **params}`` mapping, a
+            ``ComponentSpec`` or an already created ``Subfunction``.
+        registry: where names are looked up (``PluginManager.registry``).
+    """
+    steps: list[Subfunction] = []
+    for i, spec in enumerate(specs):
+        step = registry.create("subfunction", spec, f"preprocessing[{i}]")
+        if not isinstance(step, Subfunction):
+            raise InputError(
+                f"preprocessing[{i}]: {type(step).__name__} is not a Subfunction; "
+                "give a name, a {name, ...params} mapping or a Subfunction"
+            )
+        step.state_key = f"{i}.{step.name}"
+        steps.append(step)
+    return steps

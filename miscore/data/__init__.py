@@ -1,0 +1,1 @@
+"""Reading cases (dataset layouts) and preprocessing them."""

@@ -1,0 +1,1 @@
+"""The stages after the cache: patches, augmentation, loading, training, inference, evaluation."""

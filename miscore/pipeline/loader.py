@@ -1,0 +1,356 @@
+"""The training loader: patches sampled from cached cases, augmented, batched, prefetched.
+
+Every epoch's plan (which case, which window, which augmentation seed, in which order) is drawn
+in the main process from ``(seed, epoch)`` alone; workers only read and augment. So the same
+seed gives the same batches whatever the number of workers, and a resumed run sees the batches
+the uninterrupted run would have seen.
+
+Workers: ``workers == 1`` assembles batches in one background thread (overlapping the model's
+step); ``workers > 1`` uses that many processes (``spawn``), each opening the zarr cache itself
+and reading only the chunks its windows touch. ``scipy.ndimage`` holds the GIL, so threads
+would not scale (see DESIGN.md). On-the-fly mode (no disk cache) always uses the thread.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from miscore.cache.chunkread import window_reader
+from miscore.core.components import Augmentation
+from miscore.core.config import Config, PatchingConfig
+from miscore.core.errors import InputError
+from miscore.data.preprocess import one_hot
+from miscore.pipeline.augmenting import augment_sample
+from miscore.pipeline.patching import PatchSampler, Window, extract_patch
+
+#: Extra context read around a patch when spatial augmentations run, as a share of the patch
+#: per side, so that a rotated or scaled patch is cut from data instead of padding.
+AUGMENT_MARGIN = 0.25
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training sample of the plan: a case, a window and an augmentation seed."""
+
+    case: int
+    window: tuple[tuple[int, int], ...]
+    seed: tuple[int, ...]
+
+
+Batch = tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+
+
+def _as_window(bounds: tuple[tuple[int, int], ...]) -> Window:
+    return tuple(slice(a, b) for a, b in bounds)
+
+
+def _bounds(window: Window) -> tuple[tuple[int, int], ...]:
+    return tuple((int(s.start), int(s.stop)) for s in window)
+
+
+class BatchMaker:
+    """Reads windows from cached cases and turns them into ``(x, y)`` batches."""
+
+    def __init__(
+        self,
+        cases: Sequence[Any],
+        patching: PatchingConfig,
+        augmentations: Sequence[Augmentation],
+        n_classes: int,
+    ) -> None:
+        self.cases = list(cases)
+        self.sampler = PatchSampler(patching)
+        self.patching = patching
+        self.augmentations = list(augmentations)
+        self.n_classes = n_classes
+        # Local cache arrays are read by decoding their chunk files directly (chunkread.py).
+        self.images = [window_reader(c.image) for c in self.cases]
+        self.labels = [window_reader(c.label) for c in self.cases]
+        self.spatial_augment = any(
+            type(a).spatial_transform is not Augmentation.spatial_transform
+            for a in self.augmentations
+        )
+
+    def _augmented(self, sample: Sample) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """One sample's window read and augmented: ``(image, integer label)``."""
+        window = _as_window(sample.window)
+        patch_shape = tuple(s.stop - s.start for s in window)
+        region = window
+        if self.spatial_augment and self.augmentations:
+            region = tuple(
+                slice(s.start - m, s.stop + m)
+                for s, m in zip(window, self._margins(patch_shape), strict=True)
+            )
+        image = extract_patch(self.images[sample.case], region, 0.0)
+        label: npt.NDArray[Any] | None = extract_patch(self.labels[sample.case], region, 0)
+        if self.patching.mode == "slice":
+            axis = self.patching.slice_axis
+            image, label = np.squeeze(image, axis), np.squeeze(np.asarray(label), axis)
+            patch_shape = tuple(n for i, n in enumerate(patch_shape) if i != axis)
+        rng = np.random.default_rng(sample.seed)
+        if self.augmentations:
+            image, label = augment_sample(
+                self.augmentations, image, label, rng, out_shape=patch_shape
+            )
+        assert label is not None
+        return image, label
+
+    def _margins(self, patch_shape: tuple[int, ...]) -> tuple[int, ...]:
+        axis = self.patching.slice_axis if self.patching.mode == "slice" else -1
+        return tuple(
+            0 if i == axis else math.ceil(n * AUGMENT_MARGIN) for i, n in enumerate(patch_shape)
+        )
+
+    def batch(self, samples: Sequence[Sample]) -> Batch:
+        """The samples stacked: each is written straight into its slot of the batch arrays."""
+        x: npt.NDArray[np.float32] | None = None
+        y: npt.NDArray[np.float32] | None = None
+        for i, sample in enumerate(samples):
+            image, label = self._augmented(sample)
+            if x is None or y is None:
+                x = np.empty((len(samples), *image.shape), dtype=np.float32)
+                y = np.empty((len(samples), *label.shape[:-1], self.n_classes), np.float32)
+            if image.shape != x.shape[1:]:
+                raise InputError(
+                    f"samples of one batch differ in shape: {x.shape[1:]} and {image.shape}"
+                )
+            x[i] = image
+            one_hot(label, self.n_classes, out=y[i])
+        if x is None or y is None:
+            raise InputError("a batch needs at least one sample")
+        return x, y
+
+
+# --- process workers ----------------------------------------------------------------------
+
+_WORKER: BatchMaker | None = None
+
+
+def _init_worker(
+    cache_root: str,
+    settings: Any,
+    digests: list[tuple[str, str]],
+    patching: dict[str, Any],
+    augmentation: list[dict[str, Any]],
+    local_plugins: list[str],
+    n_classes: int,
+) -> None:
+    """Open the cache and create the augmentations in a worker process."""
+    global _WORKER
+    from miscore.cache import CacheKey, CaseCache
+    from miscore.core.plugins import PluginManager
+
+    cache = CaseCache(cache_root, settings)
+    cases = []
+    for digest, case_id in digests:
+        found = cache.get(CacheKey(digest, case_id, {}))
+        if found is None:
+            raise RuntimeError(f"cache entry of case {case_id} vanished while training")
+        cases.append(found)
+    registry = PluginManager(local_plugins=local_plugins).registry
+    augmentations = [registry.create("augmentation", e) for e in augmentation]
+    _WORKER = BatchMaker(cases, PatchingConfig.model_validate(patching), augmentations, n_classes)
+
+
+def _worker_batch(samples: list[Sample]) -> Batch:
+    assert _WORKER is not None, "worker not initialised"
+    return _WORKER.batch(samples)
+
+
+# --- the loader ---------------------------------------------------------------------------
+
+
+class PatchLoader:
+    """Training batches for Keras ``fit``: ``forever(start_epoch)`` yields ``(x, y)``.
+
+    Args:
+        cases: cached cases (``miscore.cache.CachedCase``) with labels.
+        config: patching, training (batch size, seed, steps, workers) and augmentation.
+        augmentations: the created augmentation components (config order).
+        n_classes: for one-hot targets.
+        cache_root, cache_settings: where process workers open the cache; None (on-the-fly
+            mode) keeps everything in this process.
+        local_plugins: ``--plugin`` modules the workers must load too.
+        prefetch: batches prepared ahead.
+    """
+
+    def __init__(
+        self,
+        cases: Sequence[Any],
+        config: Config,
+        augmentations: Sequence[Augmentation],
+        n_classes: int,
+        *,
+        cache_root: str | None = None,
+        cache_settings: Any = None,
+        local_plugins: Sequence[str] = (),
+        prefetch: int = 2,
+    ) -> None:
+        if not cases:
+            raise InputError("no cases to train on")
+        self.cases = list(cases)
+        self.config = config
+        self.batch_size = config.training.batch_size
+        self.seed = config.training.seed
+        self.maker = BatchMaker(self.cases, config.patching, augmentations, n_classes)
+        self.sampler = self.maker.sampler
+        self.prefetch = max(1, prefetch)
+        self.workers = config.training.workers if cache_root is not None else 1
+        self._executor: Executor | None = None
+        self._init_args = (
+            cache_root,
+            cache_settings,
+            [(c.key, c.id) for c in self.cases],
+            config.patching.model_dump(),
+            [s.model_dump() for s in config.augmentation],
+            list(local_plugins),
+            n_classes,
+        )
+        self._check_shapes()
+        planned = sum(len(e) for e in self._epoch_samples(0))
+        self.steps_per_epoch = config.training.steps_per_epoch or max(
+            1, math.ceil(planned / self.batch_size)
+        )
+
+    def _check_shapes(self) -> None:
+        patching = self.config.patching
+        if patching.mode == "slice" and patching.patch_shape is None:
+            axis = patching.slice_axis
+            planes = {
+                tuple(n for i, n in enumerate(c.spatial_shape) if i != axis) for c in self.cases
+            }
+            if len(planes) > 1:
+                raise InputError(
+                    f"patching.mode 'slice' without patch_shape needs one slice size; the "
+                    f"cases have {sorted(planes)}: set patching.patch_shape (in-plane) or add "
+                    "a resize/pad preprocessing step"
+                )
+        if patching.mode != "full" or self.batch_size == 1:
+            return
+        shapes = {c.spatial_shape for c in self.cases}
+        if len(shapes) > 1:
+            raise InputError(
+                "patching.mode 'full' with cases of different shapes needs "
+                "training.batch_size 1, or a resize/pad preprocessing step"
+            )
+
+    @property
+    def patch_shape(self) -> tuple[int, ...]:
+        """The model's spatial input shape (2D in slice mode)."""
+        shape = self.sampler.patch_shape(self.cases[0].spatial_shape)
+        if self.config.patching.mode == "slice":
+            axis = self.config.patching.slice_axis
+            shape = tuple(n for i, n in enumerate(shape) if i != axis)
+        return shape
+
+    def _epoch_samples(self, epoch: int) -> list[list[Sample]]:
+        """Per case, this epoch's samples (windows and augmentation seeds)."""
+        out = []
+        for index, case in enumerate(self.cases):
+            rng = np.random.default_rng([self.seed, epoch, index])
+            windows = self.sampler.training_windows(
+                case.spatial_shape, rng, label=case.label, locations=case.foreground or None
+            )
+            out.append(
+                [
+                    Sample(index, _bounds(w), (self.seed, epoch, index, k))
+                    for k, w in enumerate(windows)
+                ]
+            )
+        return out
+
+    def plan(self, epoch: int) -> list[list[Sample]]:
+        """The batches of ``epoch``: ``steps_per_epoch`` lists of ``batch_size`` samples."""
+        needed = self.steps_per_epoch * self.batch_size
+        samples: list[Sample] = []
+        round_ = 0
+        while len(samples) < needed:
+            # round > 0 only when steps_per_epoch asks for more than one pass
+            sub = epoch * 1_000_003 + round_ if round_ else epoch
+            drawn = [s for per_case in self._epoch_samples(sub) for s in per_case]
+            if not drawn:
+                raise InputError("no training patches: every case was skipped (only background?)")
+            order = np.random.default_rng([self.seed, sub, 7]).permutation(len(drawn))
+            samples += [drawn[i] for i in order]
+            round_ += 1
+        samples = samples[:needed]
+        return [samples[i : i + self.batch_size] for i in range(0, needed, self.batch_size)]
+
+    def _pool(self) -> Executor:
+        if self._executor is None:
+            if self.workers > 1:
+                initializer: Any = _init_worker
+                self._executor = ProcessPoolExecutor(
+                    max_workers=self.workers,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=initializer,
+                    initargs=self._init_args,
+                )
+            else:
+                self._executor = ThreadPoolExecutor(max_workers=1)
+        return self._executor
+
+    def epoch_batches(self, epoch: int) -> Iterator[Batch]:
+        """The batches of one epoch, in order, prepared ``prefetch`` ahead."""
+        plan = self.plan(epoch)
+        pool = self._pool()
+        work: Any = _worker_batch if isinstance(pool, ProcessPoolExecutor) else self.maker.batch
+        ahead = self.prefetch * max(1, self.workers)
+        pending: deque[Future[Batch]] = deque()
+        for batch in plan:
+            pending.append(pool.submit(work, batch))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def forever(self, start_epoch: int = 0) -> Iterator[Batch]:
+        """Epoch after epoch from ``start_epoch``: what Keras ``fit`` consumes."""
+        epoch = start_epoch
+        while True:
+            yield from self.epoch_batches(epoch)
+            epoch += 1
+
+    def validation(
+        self, cases: Sequence[Any], per_case: int = 2, limit: int | None = None
+    ) -> Batch | None:
+        """Fixed validation patches (no augmentation), the same every epoch.
+
+        ``limit`` keeps at most that many, spread evenly over the cases' samples."""
+        if not cases:
+            return None
+        maker = BatchMaker(list(cases), self.config.patching, [], self.maker.n_classes)
+        samples = []
+        for index, case in enumerate(maker.cases):
+            rng = np.random.default_rng([self.seed, 2**31 - 1, index])
+            windows = maker.sampler.training_windows(
+                case.spatial_shape, rng, label=case.label, locations=case.foreground or None
+            )
+            samples += [Sample(index, _bounds(w), (0,)) for w in windows[:per_case]]
+        if not samples:
+            return None
+        if limit is not None and len(samples) > limit:
+            keep = np.linspace(0, len(samples) - 1, limit).round().astype(int)
+            samples = [samples[i] for i in keep]
+        sizes = {tuple(b - a for a, b in s.window) for s in samples}
+        if len(sizes) > 1:
+            raise InputError(
+                "validation patches of different shapes (patching.mode 'full' with cases of "
+                "different shapes): validate with patching.mode 'random', or add a resize/pad "
+                "preprocessing step"
+            )
+        return maker.batch(samples)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None

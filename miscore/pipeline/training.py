@@ -1,0 +1,722 @@
+"""Training: Keras ``fit`` fed by the pipeline, with logs, checkpoints and resume.
+
+``train`` is the whole job (discover the dataset, preprocess into the cache, sample patches,
+augment, fit, write the model folder); ``fit_model`` is the part after the cache, for callers
+that bring their own cached cases. TensorFlow is imported here, inside the functions.
+
+Resume: after every epoch the model with its optimizer state is saved to
+``checkpoints/last.keras`` and the epoch to ``checkpoints/state.json`` (both atomically), and
+``history.tsv`` is rewritten. ``--resume`` loads them and continues at the next epoch with the
+same history; the loader's batches depend only on (seed, epoch), so the data a resumed run sees
+are the data the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from miscore.core.atomic import atomic_output, write_text_atomic
+from miscore.core.config import Config
+from miscore.core.errors import InputError, PipelineError
+from miscore.pipeline.modecheck import INFERENCE_COLUMN, TRAINING_COLUMN, degenerate_warning
+from miscore.pipeline.modeldir import (
+    ComponentRecord,
+    ModelDir,
+    ModelInfo,
+    load_keras_model,
+    save_keras_model,
+)
+
+if TYPE_CHECKING:
+    import keras
+
+    from miscore.cache import CachedCase
+    from miscore.core.plugins import PluginManager
+    from miscore.pipeline.loader import PatchLoader
+    from miscore.pipeline.modecheck import ModeCheck
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model_dir: Path
+    history: list[dict[str, float]] = field(default_factory=list)
+    epochs: int = 0
+    best: float | None = None
+    monitor: str = "loss"
+    warning: str | None = None
+
+
+# --- building and compiling ---------------------------------------------------------------
+
+
+def build_loss(config: Config, plugins: PluginManager, n_classes: int) -> Any:
+    """The configured loss: a registered component, else a Keras built-in of that name."""
+    registry = plugins.registry
+    spec = config.model.loss_entry
+    if spec.name in registry.names("loss"):
+        return registry.create("loss", spec, "model.loss").build(n_classes)
+    import keras
+
+    if spec.params:
+        raise InputError(f"model.loss: Keras built-in {spec.name!r} takes no params here")
+    try:
+        return keras.losses.get(spec.name)
+    except ValueError:
+        raise InputError(
+            f"model.loss.name: no loss named {spec.name!r}; installed: "
+            f"{', '.join(registry.names('loss')) or 'none'} (or a Keras loss name)"
+        ) from None
+
+
+def learning_rate(config: Config, total_steps: int) -> Any:
+    """The configured rate: a number, or a Keras schedule over the run's ``total_steps``.
+
+    ``poly`` is nnU-Net's ``lr * (1 - step / total) ** 0.9``, a built-in Keras schedule, so
+    it is saved in ``model.keras`` and a resumed run continues it from the optimizer's step.
+    """
+    import keras
+
+    training = config.training
+    if training.lr_schedule == "poly":
+        return keras.optimizers.schedules.PolynomialDecay(
+            training.learning_rate,
+            decay_steps=max(1, total_steps),
+            end_learning_rate=0.0,
+            power=0.9,
+        )
+    return training.learning_rate
+
+
+def build_optimizer(config: Config, total_steps: int = 1) -> Any:
+    """The configured optimizer; ``total_steps`` (epochs x steps) sizes a rate schedule."""
+    import keras
+
+    optimizers: dict[str, Callable[..., Any]] = {
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.99),
+    }
+    return optimizers[config.training.optimizer](learning_rate=learning_rate(config, total_steps))
+
+
+def distribution_strategy(config: Config) -> Any:
+    """A ``MirroredStrategy`` when several GPUs (or the configured devices) are there."""
+    import tensorflow as tf
+
+    devices = config.training.devices
+    if devices is None and config.training.distribute == "auto":
+        gpus = tf.config.list_logical_devices("GPU")
+        devices = [d.name for d in gpus] if len(gpus) > 1 else None
+    if config.training.distribute == "none" or not devices or len(devices) < 2:
+        return None
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+@contextlib.contextmanager
+def precision_policy(config: Config) -> Iterator[None]:
+    """``training.mixed_precision``: 16-bit compute, float32 weights, while building.
+
+    float16 on GPUs (tensor cores); bfloat16 on CPUs, where TensorFlow lacks float16 kernels
+    for 3D pooling."""
+    if not config.training.mixed_precision:
+        yield
+        return
+    import keras
+    import tensorflow as tf
+
+    previous = keras.config.dtype_policy()
+    gpu = bool(tf.config.list_logical_devices("GPU"))
+    keras.config.set_dtype_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def compile_model(
+    model: keras.Model,
+    config: Config,
+    plugins: PluginManager,
+    n_classes: int,
+    total_steps: int = 1,
+) -> None:
+    model.compile(
+        optimizer=build_optimizer(config, total_steps),
+        loss=build_loss(config, plugins, n_classes),
+        metrics=list(config.model.metrics),
+    )
+
+
+# --- callbacks ----------------------------------------------------------------------------
+
+
+def write_history(path: Path, history: Sequence[dict[str, float]]) -> None:
+    """Every metric per epoch as TSV (rewritten whole, atomically)."""
+    columns = ["epoch", *sorted({k for row in history for k in row if k != "epoch"})]
+    lines = ["\t".join(columns)]
+    for row in history:
+        lines.append("\t".join(_format(row.get(c, float("nan"))) for c in columns))
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_history(path: Path) -> list[dict[str, float]]:
+    if not path.is_file():
+        return []
+    rows = [line.split("\t") for line in path.read_text(encoding="utf-8").splitlines() if line]
+    header, body = rows[0], rows[1:]
+    return [{k: float(v) for k, v in zip(header, row, strict=True)} for row in body]
+
+
+def _format(value: float) -> str:
+    if float(value).is_integer() and abs(value) < 1e9:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+def plot_curves(path: Path, history: Sequence[dict[str, float]]) -> None:
+    """A PNG of every logged metric against the epoch, training and validation together."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k for row in history for k in row if k not in {"epoch", "learning_rate"}})
+    # one panel per metric, validation dashed beside training; both modes' Dice in one panel
+    panels: dict[str, list[tuple[str, str]]] = {}
+    for name in names:
+        if name in (INFERENCE_COLUMN, TRAINING_COLUMN):
+            style = "-" if name == INFERENCE_COLUMN else ":"
+            panels.setdefault("fixed-patch Dice", []).append((name, style))
+        else:
+            base = name.removeprefix("val_")
+            panels.setdefault(base, []).append((name, "--" if name != base else "-"))
+    if not panels:
+        return
+    figure, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.5), squeeze=False)
+    epochs = [row["epoch"] for row in history]
+    for ax, (base, lines) in zip(axes[0], sorted(panels.items()), strict=True):
+        for name, style in sorted(lines):
+            ax.plot(epochs, [row.get(name, np.nan) for row in history], style, label=name)
+        ax.set_xlabel("epoch")
+        ax.set_title(base)
+        ax.legend()
+        ax.grid(alpha=0.3)
+    figure.tight_layout()
+    with atomic_output(path) as temp:
+        figure.savefig(temp, format="png", dpi=90)
+    plt.close(figure)
+
+
+def make_recorder(
+    model_dir: ModelDir,
+    plugins: PluginManager,
+    history: list[dict[str, float]],
+    monitor: str,
+    best: float | None,
+    log: Callable[[str], None],
+    schedules: dict[str, Any] | None = None,
+    check: ModeCheck | None = None,
+) -> Any:
+    """The callback that logs, plots, checkpoints and calls the ``epoch_end`` hook.
+
+    ``monitor`` picks the best model (``model.keras``): ``dice_inference`` is higher-better,
+    a loss lower-better. ``check`` adds the inference- and training-mode Dice of fixed
+    patches to every epoch.
+
+    ``schedules`` (early stopping, LR plateau) have their counters saved with the checkpoint,
+    so that ``--resume`` stops and lowers the rate when the uninterrupted run would have.
+    It must run after them (last in the callback list)."""
+    import keras
+
+    higher = monitor == INFERENCE_COLUMN
+
+    class EpochRecorder(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.best = best
+            self.started = time.perf_counter()
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            values = {k: float(v) for k, v in (logs or {}).items()}
+            loss = values.get("loss")
+            if loss is not None and not math.isfinite(loss):
+                # stop before the NaN weights overwrite the last good checkpoint
+                kept = f"epoch {epoch} is kept for --resume" if epoch else "nothing was saved"
+                raise PipelineError(
+                    f"epoch {epoch + 1}: the training loss is {loss} ({kept}); lower "
+                    "training.learning_rate or check the data"
+                )
+            if check is not None:
+                values.update(check(self.model))
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
+                values["learning_rate"] = float(
+                    keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+                )
+            row = {"epoch": float(epoch + 1), **values}
+            history.append(row)
+            write_history(model_dir.history_file, history)
+            plot_curves(model_dir.curves_file, history)
+            current = values.get(monitor)
+            improved = (
+                current is not None
+                and not math.isnan(current)
+                and (self.best is None or (current > self.best if higher else current < self.best))
+            )
+            if improved:
+                self.best = current
+                save_keras_model(self.model, model_dir.model_file)
+            model_dir.last_checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            save_keras_model(self.model, model_dir.last_checkpoint)
+            state: dict[str, Any] = {"epoch": epoch + 1, "best": self.best, "monitor": monitor}
+            for name, callback in (schedules or {}).items():
+                state[name] = {
+                    "wait": int(callback.wait),
+                    "best": float(callback.best),
+                    "stopped": bool(getattr(self.model, "stop_training", False)),
+                }
+            write_text_atomic(model_dir.state_file, json.dumps(state) + "\n")
+            seconds = time.perf_counter() - self.started
+            shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
+            log(f"epoch {epoch + 1}: {shown}  ({seconds:.1f} s){'  *' if improved else ''}")
+            plugins.epoch_end(epoch=epoch + 1, logs=values, model_dir=model_dir.path)
+
+    return EpochRecorder()
+
+
+def resumable(callback_class: Any) -> Any:
+    """A Keras schedule callback (EarlyStopping, ReduceLROnPlateau) whose counters can be
+    restored from a checkpoint's state instead of starting again at zero."""
+
+    class Resumable(callback_class):  # type: ignore[misc]
+        def __init__(self, restored: dict[str, Any] | None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.restored = restored
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            super().on_train_begin(logs)
+            if self.restored:
+                self.wait = self.restored["wait"]
+                self.best = self.restored["best"]
+
+    return Resumable
+
+
+def make_progress(steps: int, total_epochs: int) -> Any:
+    """A rich progress bar of the steps of each epoch (only for a terminal)."""
+    import keras
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    class StepProgress(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                transient=True,
+            )
+            self.task: Any = None
+
+        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.bar.start()
+            self.task = self.bar.add_task(
+                f"epoch {epoch + 1}/{total_epochs}", total=steps, loss="-"
+            )
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            loss = (logs or {}).get("loss")
+            shown = f"{float(loss):.4g}" if loss is not None else "-"
+            self.bar.update(self.task, advance=1, loss=shown)
+
+        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+            self.bar.remove_task(self.task)
+            self.bar.stop()
+
+        def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+            self.bar.stop()
+
+    return StepProgress()
+
+
+# --- the fit ------------------------------------------------------------------------------
+
+
+def fit_model(
+    config: Config,
+    plugins: PluginManager,
+    loader: PatchLoader,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    model_dir: Path,
+    info: ModelInfo,
+    *,
+    epochs: int | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    progress: bool = False,
+) -> TrainResult:
+    """Build (or resume) the model and fit it on ``loader``'s batches.
+
+    Args:
+        config: the validated config.
+        plugins: where the architecture and loss come from.
+        loader: the training batches; ``loader.epoch_batches(epoch)`` yields ``(x, y)``.
+        validation: fixed validation patches ``(x, y)`` or None.
+        model_dir: where everything is written.
+        info: the model description to store in ``miscore.json`` (shapes, classes, cases).
+        epochs: overrides ``training.epochs``.
+        resume: continue from ``checkpoints/last.keras``.
+    """
+    import keras
+
+    folder = ModelDir(model_dir)
+    total = epochs or config.training.epochs
+    monitor = "val_loss" if validation is not None else "loss"
+    check = mode_check(config, loader, validation)
+    # the best model is the one that predicts best in inference mode on fixed patches; the
+    # schedules (plateau, early stopping) keep watching the loss Keras logs
+    select = INFERENCE_COLUMN if check is not None else monitor
+    total_steps = total * loader.steps_per_epoch
+    history: list[dict[str, float]] = []
+    best: float | None = None
+    initial_epoch = 0
+    keras.utils.set_random_seed(config.training.seed)
+    strategy = distribution_strategy(config)
+    if strategy is not None:
+        log(f"distributing over {strategy.num_replicas_in_sync} devices (MirroredStrategy)")
+    scope: Any = strategy.scope() if strategy is not None else contextlib.nullcontext()
+
+    registry = plugins.registry
+    objects: dict[str, Any] = {}
+    architecture = registry.create("architecture", config.model.architecture, "model.architecture")
+    objects.update(architecture.custom_objects())
+    if config.model.loss_entry.name in registry.names("loss"):
+        objects.update(registry.create("loss", config.model.loss).custom_objects())
+
+    saved: dict[str, Any] = {}
+    if resume and folder.state_file.is_file():
+        state = json.loads(folder.state_file.read_text(encoding="utf-8"))
+        saved = state
+        initial_epoch = int(state["epoch"])
+        best = state.get("best")
+        history = [r for r in read_history(folder.history_file) if r["epoch"] <= initial_epoch]
+        with scope, precision_policy(config):
+            # compile=True restores the optimizer with its state, and the loss
+            model = load_keras_model(folder.last_checkpoint, objects, compile=True)
+            if getattr(model, "optimizer", None) is None:
+                compile_model(model, config, plugins, info.n_classes, total_steps)
+        log(f"resuming after epoch {initial_epoch} from {folder.last_checkpoint}")
+    else:
+        if resume:
+            log(f"nothing to resume in {model_dir}: starting from epoch 1")
+        else:
+            refuse_used_folder(folder)
+        with scope, precision_policy(config):
+            model = architecture.build(info.input_shape, info.n_classes)
+            compile_model(model, config, plugins, info.n_classes, total_steps)
+    if initial_epoch >= total:
+        log(f"already trained for {initial_epoch} epochs (asked for {total})")
+        return TrainResult(folder.path, history, initial_epoch, best, select)
+
+    folder.write_metadata(config, info)
+    schedules: dict[str, Any] = {}
+    if config.training.reduce_lr_patience:
+        schedules["reduce_lr"] = resumable(keras.callbacks.ReduceLROnPlateau)(
+            saved.get("reduce_lr"),
+            monitor=monitor,
+            factor=0.5,
+            patience=config.training.reduce_lr_patience,
+        )
+    if config.training.early_stopping:
+        schedules["early_stopping"] = resumable(keras.callbacks.EarlyStopping)(
+            saved.get("early_stopping"), monitor=monitor, patience=config.training.early_stopping
+        )
+    if saved.get("early_stopping", {}).get("stopped"):
+        log(f"early stopping ended this run after epoch {initial_epoch}: nothing to resume")
+        return TrainResult(folder.path, history, initial_epoch, best, select)
+    callbacks: list[Any] = list(schedules.values())
+    if progress:
+        callbacks.append(make_progress(loader.steps_per_epoch, total))
+    if check is not None and strategy is not None:
+        check.distributed = True  # variables are per device under a strategy
+    callbacks.append(make_recorder(folder, plugins, history, select, best, log, schedules, check))
+    steps = loader.steps_per_epoch
+    batches: Any = loader.forever(initial_epoch)
+    validation_data: Any = validation
+    outputs = len(model.outputs)
+    batches = per_head(batches, outputs)
+    if outputs > 1 and validation is not None:
+        validation_data = (validation[0], (validation[1],) * outputs)
+    try:
+        model.fit(
+            batches,
+            steps_per_epoch=steps,
+            epochs=total,
+            initial_epoch=initial_epoch,
+            validation_data=validation_data,
+            validation_batch_size=config.training.batch_size,
+            callbacks=callbacks,
+            shuffle=False,  # the loader shuffles, seeded
+            verbose=0,
+        )
+    finally:
+        loader.close()
+    if not folder.model_file.exists():
+        save_keras_model(model, folder.model_file)
+    info.epochs_trained = int(history[-1]["epoch"]) if history else initial_epoch
+    folder.write_metadata(config, info)
+    recorder = callbacks[-1]
+    warning = degenerate_warning(history, check.source if check else "")
+    if warning:
+        log(warning)
+    return TrainResult(folder.path, history, info.epochs_trained, recorder.best, select, warning)
+
+
+#: fixed patches the inference-mode check predicts every epoch (twice: both modes)
+CHECK_PATCHES = 8
+
+
+def mode_check(
+    config: Config,
+    loader: PatchLoader,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+) -> ModeCheck | None:
+    """The per-epoch inference-mode check: validation patches, else fixed training ones."""
+    from miscore.pipeline.modecheck import ModeCheck
+
+    if not config.training.inference_dice:
+        return None
+    if validation is not None:
+        x, y = validation[0][:CHECK_PATCHES], validation[1][:CHECK_PATCHES]
+        source = "validation"
+    else:
+        fixed = loader.validation(loader.cases, limit=CHECK_PATCHES)
+        if fixed is None:
+            return None
+        (x, y), source = fixed, "training"
+    return ModeCheck(x, y, config.training.batch_size, source)
+
+
+def per_head(batches: Iterator[Any], outputs: int) -> Iterator[Any]:
+    """Deep supervision: every head of a multi-output model learns the same (full-size)
+    target; a single-output model gets the batches as they are."""
+    if outputs == 1:
+        return batches
+    return ((x, (y,) * outputs) for x, y in batches)
+
+
+def refuse_used_folder(folder: ModelDir) -> None:
+    """A folder that already holds a trained model is only continued with ``--resume``."""
+    if folder.model_file.exists() or folder.state_file.exists():
+        raise InputError(
+            f"{folder.path}: already holds a model; use --resume to continue it or "
+            "choose another output folder"
+        )
+
+
+def component_records(config: Config, plugins: PluginManager) -> list[ComponentRecord]:
+    """The plugins a model folder depends on, to name them when one is missing later."""
+    registry = plugins.registry
+    wanted: list[tuple[str, str]] = [("architecture", config.model.architecture_entry.name)]
+    if config.model.loss_entry.name in registry.names("loss"):
+        wanted.append(("loss", config.model.loss_entry.name))
+    wanted += [("subfunction", s.name) for s in config.preprocessing]
+    records = []
+    for kind, name in wanted:
+        plugin = plugins.plugin_of(kind, name)
+        records.append(
+            ComponentRecord(kind=kind, name=name, plugin=plugin.name, version=plugin.version)
+        )
+    return records
+
+
+def steps_for(n_samples: int, batch_size: int, configured: int | None) -> int:
+    """Steps per epoch: configured, else one pass over the samples."""
+    if configured is not None:
+        return configured
+    if n_samples < 1:
+        raise PipelineError("no training samples: the dataset has no labelled cases")
+    return max(1, math.ceil(n_samples / batch_size))
+
+
+def check_cases(cases: Sequence[CachedCase]) -> None:
+    if not cases:
+        raise InputError("no labelled cases to train on")
+    for case in cases:
+        if case.label is None:
+            raise InputError(f"case {case.id}: has no label; training needs labelled cases")
+
+
+# --- the whole job ------------------------------------------------------------------------
+
+
+def split_validation(ids: Sequence[str], config: Config) -> tuple[list[str], list[str]]:
+    """``(train, validation)`` case ids: the explicit list, else a seeded share."""
+    training = config.training
+    if training.validation_cases:
+        unknown = sorted(set(training.validation_cases) - set(ids))
+        if unknown:
+            raise InputError(
+                f"training.validation_cases: no labelled case named {', '.join(unknown)}"
+            )
+        chosen = set(training.validation_cases)
+    elif training.validation_split > 0:
+        count = max(1, round(len(ids) * training.validation_split))
+        if count >= len(ids):
+            raise InputError(
+                f"training.validation_split {training.validation_split} leaves no training "
+                f"case out of {len(ids)}"
+            )
+        order = np.random.default_rng([training.seed, 99]).permutation(len(ids))
+        chosen = {ids[i] for i in order[:count]}
+    else:
+        chosen = set()
+    return [i for i in ids if i not in chosen], [i for i in ids if i in chosen]
+
+
+def train(
+    config: Config,
+    data: Path | str,
+    out: Path | str,
+    *,
+    plugins: PluginManager | None = None,
+    epochs: int | None = None,
+    resume: bool = False,
+    cache: str | None = None,
+    local_plugins: Sequence[str] = (),
+    case_ids: Sequence[str] | None = None,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
+    progress: bool = False,
+) -> TrainResult:
+    """Train a model on the labelled cases of ``data`` and write the model folder ``out``.
+
+    Args:
+        config: a validated config.
+        data: the dataset folder (any supported layout).
+        out: the model folder to write (or to continue with ``resume``).
+        plugins: the plugin manager; a new one (installed plugins) when None.
+        epochs: overrides ``training.epochs``.
+        resume: continue an interrupted run in ``out``.
+        cache: the cache location (``--cache``), above ``MISCORE_CACHE_DIR`` and config.
+        local_plugins: ``--plugin`` modules, handed to worker processes.
+        case_ids: train on these labelled cases only (a cross-validation fold); None: all.
+        log: where progress lines go.
+        progress: show a progress bar of each epoch's steps (for a terminal).
+    """
+    from miscore.cache import CaseCache, open_cache
+    from miscore.core.config import apply_defaults, check_components
+    from miscore.core.plugins import PluginManager
+    from miscore.data.dataset import Dataset
+
+    if not resume:
+        refuse_used_folder(ModelDir(out))  # before the cache is built, not after
+    plugins = plugins or PluginManager(local_plugins=local_plugins)
+    registry = plugins.registry
+    config = apply_defaults(config, registry)
+    components = check_components(config, registry)
+    plugins.configure(config)
+    dataset = Dataset.discover(data, registry, config.data.layout, config.data.io)
+    ids = dataset.labelled_ids
+    if case_ids is not None:
+        unknown = sorted(set(case_ids) - set(ids))
+        if unknown:
+            raise InputError(f"{data}: no labelled case named {', '.join(unknown[:5])}")
+        ids = [i for i in ids if i in set(case_ids)]
+    if not ids:
+        raise InputError(f"{data}: no labelled cases to train on")
+    train_ids, val_ids = split_validation(ids, config)
+    store = open_cache(config, cache)
+    cases = prepare_cases(
+        config, plugins, dataset, ids, store, components["preprocessing"], log, progress
+    )
+    by_id = {c.id: c for c in cases}
+    check_cases(cases)
+    from miscore.pipeline.loader import PatchLoader
+
+    loader = PatchLoader(
+        [by_id[i] for i in train_ids],
+        config,
+        components["augmentation"],
+        config.data.classes,
+        cache_root=store.location if isinstance(store, CaseCache) else None,
+        cache_settings=store.settings,
+        local_plugins=local_plugins,
+    )
+    validation = loader.validation([by_id[i] for i in val_ids])
+    channels = cases[0].channels
+    if config.data.channels is not None and channels != config.data.channels:
+        raise InputError(
+            f"data.channels is {config.data.channels} but the cases have {channels} channel(s)"
+        )
+    info = ModelInfo(
+        plugins=plugins.versions(),
+        components=component_records(config, plugins),
+        input_shape=[*loader.patch_shape, channels]
+        if config.patching.mode != "full" or len({c.spatial_shape for c in cases}) == 1
+        else [None] * len(cases[0].spatial_shape) + [channels],
+        n_classes=config.data.classes,
+        training_cases=train_ids,
+        validation_cases=val_ids,
+    )
+    log(
+        f"training on {len(train_ids)} cases ({len(val_ids)} for validation), "
+        f"{loader.steps_per_epoch} steps of {config.training.batch_size} per epoch"
+    )
+    return fit_model(
+        config,
+        plugins,
+        loader,
+        validation,
+        Path(out),
+        info,
+        epochs=epochs,
+        resume=resume,
+        log=log,
+        progress=progress,
+    )
+
+
+def prepare_cases(
+    config: Config,
+    plugins: PluginManager,
+    dataset: Any,
+    ids: Sequence[str],
+    store: Any,
+    steps: Sequence[Any],
+    log: Callable[[str], None],
+    progress: bool = False,
+) -> list[CachedCase]:
+    """Each case preprocessed once into the cache (or served from it), keyed exactly as
+    ``miscore cache build`` keys it."""
+    from miscore.cache import cache_dataset_case
+    from miscore.core.progress import progress_bar
+
+    cases = []
+    hits = 0
+    started = time.perf_counter()
+    with progress_bar(len(ids), "preprocessing", progress) as advance:
+        for case_id in ids:
+            entry, hit = cache_dataset_case(store, dataset, case_id, steps, plugins, config)
+            cases.append(entry)
+            hits += hit
+            advance()
+    seconds = time.perf_counter() - started
+    log(
+        f"cache: {hits} of {len(ids)} cases ready, {len(ids) - hits} preprocessed ({seconds:.1f} s)"
+    )
+    return cases

@@ -1,0 +1,1 @@
+"""Tools on top of the pipeline: analysis, planning, budgets, phantoms, benchmarks, demo."""

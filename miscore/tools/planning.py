@@ -1,0 +1,393 @@
+"""``miscore plan``: a complete config from a dataset fingerprint, every choice explained.
+
+The rules follow nnU-Net's planning, simplified:
+
+- **target spacing**: the median spacing per axis. When the median spacing is anisotropic
+  (largest / smallest > 3), the thick axis gets the 10th percentile of its spacings instead
+  (but not finer than the other axes), so thin-slice cases are not over-smoothed.
+- **intensities**: CT (dataset.json, or air near -1000 HU) is clipped to the 0.5/99.5
+  percentiles of the foreground voxels of the whole dataset and z-scored with the dataset's
+  foreground mean and std; any other modality is z-scored per case.
+- **patch and batch**: the patch starts at the median shape after resampling (capped), the
+  network depth follows from its smallest axis (the coarsest feature map keeps >= 4 voxels,
+  at most 5 poolings), and the largest axis shrinks until two samples fit the memory budget
+  by ``estimate_memory_bytes``; the batch is then as large as the budget allows (2..16 in 3D,
+  2..64 in 2D).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import yaml
+
+from miscore.core.config import Config, parse_config
+from miscore.core.errors import InputError, PipelineError
+from miscore.tools.analysis import Fingerprint
+
+__all__ = ["Plan", "estimate_memory_bytes", "plan_config", "target_spacing"]
+
+#: stored float32 values per voxel and per first-level feature map in training (forward
+#: activations of conv, norm and activation for two convolutions per level in encoder and
+#: decoder, the skip concatenation, and backward temporaries)
+TENSORS_PER_FILTER = 16
+BASE_FILTERS = 32
+#: share of the device memory the activations may use (weights, optimizer state, workspace)
+USABLE_SHARE = 0.75
+MAX_DEPTH = 5
+MIN_BOTTOM_VOXELS = 4
+#: nnU-Net's training length: 1000 epochs of 250 steps (planned without --budget)
+FULL_EPOCHS = 1000
+STEPS_PER_EPOCH = 250
+LEARNING_RATE = 1e-3
+
+
+def estimate_memory_bytes(patch: Sequence[int], filters: int = BASE_FILTERS) -> float:
+    """Rough training memory of one sample in a U-Net: ``4 * voxels * filters * 16 * g``.
+
+    ``g`` sums the levels: each level has 1/2**ndim of the voxels and twice the filters, so
+    ``g = 1 / (1 - 2 / 2**ndim)`` (4/3 in 3D, 2 in 2D). A 128**3 patch with 32 filters:
+    about 5.7 GB. Measured Keras figures vary with the backend and precision; the estimate is
+    meant to rank patch shapes, not to promise a fit.
+    """
+    ndim = len(patch)
+    levels = 1.0 / (1.0 - 2.0 / 2**ndim)
+    return float(4.0 * float(np.prod(patch)) * filters * TENSORS_PER_FILTER * levels)
+
+
+def target_spacing(spacings: Sequence[Sequence[float]], threshold: float = 3.0) -> list[float]:
+    """The median spacing, with nnU-Net's rule for anisotropic data (see module docstring)."""
+    array = np.asarray(spacings, float)
+    target = np.median(array, axis=0)
+    thick = int(np.argmax(target))
+    if target.max() / target.min() > threshold:
+        others = np.delete(target, thick)
+        target[thick] = max(float(np.percentile(array[:, thick], 10)), float(others.max()))
+    return [round(float(v), 4) for v in target]
+
+
+class Plan:
+    """A planned config and the reason for each choice (by field path)."""
+
+    def __init__(self, config: Config, reasons: dict[str, str], header: str) -> None:
+        self.config = config
+        self.reasons = reasons
+        self.header = header
+
+    def to_yaml(self) -> str:
+        """The config as YAML, each planned value followed by a ``# why`` comment."""
+        return render_yaml(self.config.model_dump(mode="json"), self.reasons, self.header)
+
+
+def _flow(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False)
+    return text.strip().removesuffix("...").strip()
+
+
+def render_yaml(data: dict[str, Any], reasons: dict[str, str], header: str) -> str:
+    """YAML of a two-level mapping, lists as ``- {flow}`` items, comments from ``reasons``."""
+
+    def line(indent: str, text: str, path: str) -> str:
+        reason = reasons.get(path)
+        return f"{indent}{text}  # {reason}" if reason else f"{indent}{text}"
+
+    lines = [f"# {row}" if row else "#" for row in header.splitlines()]
+    for key, value in data.items():
+        if isinstance(value, dict) and value:
+            lines.append(line("", f"{key}:", key))
+            for sub, item in value.items():
+                lines.append(line("  ", f"{sub}: {_flow(item)}", f"{key}.{sub}"))
+        elif isinstance(value, list) and value:
+            lines.append(line("", f"{key}:", key))
+            for i, item in enumerate(value):
+                lines.append(line("  ", f"- {_flow(item)}", f"{key}[{i}]"))
+        else:
+            lines.append(line("", f"{key}: {_flow(value)}", key))
+    return "\n".join(lines) + "\n"
+
+
+def _ras_order(axcodes: str) -> list[int]:
+    """For each of R/L, A/P, S/I, the array axis that points along it."""
+    pairs = ("RL", "AP", "SI")
+    return [next(i for i, c in enumerate(axcodes) if c in pair) for pair in pairs]
+
+
+def depth_for(shape: Sequence[int]) -> int:
+    """Poolings for a patch: its smallest axis keeps >= ``MIN_BOTTOM_VOXELS`` at the bottom."""
+    smallest = min(shape)
+    return max(1, min(MAX_DEPTH, math.floor(math.log2(max(smallest, 1) / MIN_BOTTOM_VOXELS))))
+
+
+def _fit_patch(patch: list[int], budget: float, batch_min: int) -> tuple[list[int], int]:
+    """Shrink ``patch`` until ``batch_min`` samples fit ``budget``; return it and the depth."""
+    depth_of = depth_for
+
+    def rounded(shape: Sequence[int], depth: int) -> list[int]:
+        k = 2**depth
+        return [max(k, (n // k) * k) for n in shape]
+
+    depth = depth_of(patch)
+    patch = rounded(patch, depth)
+    while estimate_memory_bytes(patch) * batch_min > budget:
+        depth = depth_of(patch)
+        k = 2**depth
+        axis = int(np.argmax(patch))
+        if patch[axis] <= k:
+            break  # cannot shrink further: the smallest patch is planned anyway
+        patch[axis] -= k
+        depth = depth_of(patch)
+        patch = rounded(patch, depth)
+    return patch, depth_of(patch)
+
+
+def plan_config(
+    fingerprint: Fingerprint,
+    memory_gb: float = 8.0,
+    two_d: bool = False,
+    data_path: str | None = None,
+) -> Plan:
+    """Plan a complete config for the dataset of ``fingerprint``.
+
+    Args:
+        memory_gb: accelerator memory the training may use.
+        two_d: plan a 2D network on slices of 3D data (always 2D for 2D data).
+        data_path: the config's ``data.path`` (default: the fingerprint's dataset).
+    """
+    if memory_gb <= 0:
+        raise InputError(f"--memory-gb must be positive; got {memory_gb}")
+    cases = [c for c in fingerprint.per_case if len(c.shape) == fingerprint.dims]
+    if not cases:
+        raise InputError(f"{fingerprint.dataset}: the fingerprint holds no case to plan from")
+    reasons: dict[str, str] = {}
+    steps: list[dict[str, Any]] = []
+    dims = fingerprint.dims
+
+    # geometry: one orientation, then one spacing
+    spacings = [c.spacing for c in cases]
+    shapes = [c.shape for c in cases]
+    if dims == 3 and len(fingerprint.orientations) > 1:
+        steps.append({"name": "reorient", "axcodes": "RAS"})
+        reasons[f"preprocessing[{len(steps) - 1}]"] = (
+            f"cases come in {len(fingerprint.orientations)} orientations "
+            f"({', '.join(fingerprint.orientations)}): one axis order for all"
+        )
+        orders = [_ras_order(c.axcodes) for c in cases]
+        spacings = [[c.spacing[i] for i in o] for c, o in zip(cases, orders, strict=True)]
+        shapes = [[c.shape[i] for i in o] for c, o in zip(cases, orders, strict=True)]
+    target = target_spacing(spacings)
+    median = [float(v) for v in np.median(np.asarray(spacings, float), axis=0)]
+    anisotropic = max(median) / min(median) > 3
+    # always: the cases to predict need not have the training cases' spacing (a no-op for
+    # a case already at the target)
+    steps.append({"name": "resample", "spacing": target})
+    reasons[f"preprocessing[{len(steps) - 1}]"] = (
+        f"median spacing {_mm(median)}"
+        + (
+            "; anisotropic (ratio > 3): the thick axis takes its 10th percentile"
+            if anisotropic
+            else ""
+        )
+        + (
+            "; the training cases have it already, new cases are brought to it"
+            if all(np.allclose(s, target, rtol=0.01) for s in spacings)
+            else ""
+        )
+    )
+    resampled = [
+        float(v)
+        for v in np.median(
+            [
+                np.multiply(sh, sp) / np.asarray(target)
+                for sh, sp in zip(shapes, spacings, strict=True)
+            ],
+            axis=0,
+        )
+    ]
+
+    # intensities
+    ct = fingerprint.looks_like_ct
+    if ct:
+        fg = [c.foreground for c in fingerprint.intensity]
+        if any(f.voxels == 0 for f in fg):
+            raise InputError(
+                f"{fingerprint.dataset}: CT data without labelled foreground: cannot compute "
+                "the clipping range; label some cases or write the preprocessing by hand"
+            )
+        steps.append(
+            {
+                "name": "clip",
+                "min": [round(float(f.percentile_00_5 or 0), 2) for f in fg],
+                "max": [round(float(f.percentile_99_5 or 0), 2) for f in fg],
+            }
+        )
+        reasons[f"preprocessing[{len(steps) - 1}]"] = (
+            "CT: the 0.5/99.5 percentiles of the dataset's foreground voxels"
+        )
+        steps.append(
+            {
+                "name": "zscore",
+                "mean": [round(float(f.mean or 0), 3) for f in fg],
+                "std": [round(float(f.std or 1), 3) for f in fg],
+            }
+        )
+        reasons[f"preprocessing[{len(steps) - 1}]"] = (
+            "CT: one normalisation for all cases, the dataset's foreground mean and std"
+        )
+    else:
+        steps.append({"name": "zscore"})
+        reasons[f"preprocessing[{len(steps) - 1}]"] = (
+            "not CT: intensities have no fixed scale, so each case is z-scored on its own"
+        )
+
+    # patch, depth, batch
+    budget = memory_gb * 1e9 * USABLE_SHARE
+    slices = dims == 3 and two_d
+    if slices:
+        axis = int(np.argmax(target))
+        in_plane = [round(v) for i, v in enumerate(resampled) if i != axis]
+        start = [min(n, 512) for n in in_plane]
+        batch_cap = 64
+    else:
+        axis = 2
+        start = [min(round(v), 256 if dims == 3 else 512) for v in resampled]
+        batch_cap = 16 if dims == 3 else 64
+    patch, depth = _fit_patch(start, budget, batch_min=2)
+    per_sample = estimate_memory_bytes(patch)
+    batch = int(max(1, min(batch_cap, budget // per_sample)))
+    patching: dict[str, Any] = {
+        "mode": "slice" if slices else "random",
+        "patch_shape": patch,
+        "overlap": 0.5,
+        "slice_axis": axis,
+        "foreground_ratio": 0.33,
+        "samples_per_case": 2,
+    }
+    median_text = "x".join(str(round(v)) for v in resampled)
+    reasons["patching.mode"] = (
+        f"2D network on slices along axis {axis} (the thickest)"
+        if slices
+        else "random patches, a third of them on foreground (nnU-Net)"
+    )
+    reasons["patching.patch_shape"] = (
+        f"median shape after resampling {median_text}, cut to fit {memory_gb:g} GB "
+        f"(~{per_sample / 1e9:.2f} GB per sample by the U-Net estimate) and to a multiple of "
+        f"2**{depth}"
+    )
+    if slices:
+        reasons["patching.slice_axis"] = "the axis of the largest target spacing"
+
+    classes = max(2, max((c.id for c in fingerprint.classes), default=1) + 1)
+    names = {c.id: c.name for c in fingerprint.classes if c.name}
+    data: dict[str, Any] = {
+        "path": data_path or fingerprint.dataset,
+        "layout": fingerprint.layout,
+        "classes": classes,
+        "channels": fingerprint.channels,
+    }
+    reasons["data.classes"] = (
+        f"class ids 0..{classes - 1} found in {fingerprint.labelled_cases} labelled cases"
+    )
+    if len(names) == classes:
+        data["class_names"] = [names[i] for i in range(classes)]
+    thick = int(np.argmax(target)) if anisotropic and not slices else None
+    augmentation = planned_augmentation(2 if slices or dims == 2 else 3, thick)
+    reasons["augmentation"] = (
+        "nnU-Net's set: mirroring, rotation and scaling"
+        + (f" (rotation in-plane only: axis {thick} is thick)" if thick is not None else "")
+        + ", noise, blur, brightness, contrast, low resolution, gamma; elastic off (slow, "
+        "no gain in nnU-Net's ablations)"
+    )
+    config_data = {
+        "data": data,
+        "preprocessing": steps,
+        "patching": patching,
+        "augmentation": augmentation,
+        "model": {
+            "architecture": {
+                "name": "unet",
+                "depth": depth,
+                "filters": BASE_FILTERS,
+                "normalization": "instance",
+                "activation": "leaky_relu",
+            },
+            "loss": {"name": "dice_ce"},
+        },
+        "training": {
+            "batch_size": batch,
+            "epochs": FULL_EPOCHS,
+            "steps_per_epoch": STEPS_PER_EPOCH,
+            "learning_rate": LEARNING_RATE,
+            "lr_schedule": "poly",
+        },
+    }
+    reasons["model.architecture"] = (
+        f"depth {depth}: the patch's smallest axis keeps >= {MIN_BOTTOM_VOXELS} voxels at the "
+        f"bottom (at most {MAX_DEPTH} poolings); instance norm, leaky ReLU as nnU-Net (batch "
+        "norm's moving statistics lag behind in short runs: a model good in training mode "
+        "predicts one class everywhere)"
+    )
+    reasons["model.loss"] = "Dice + cross-entropy, nnU-Net's loss"
+    reasons["training.batch_size"] = (
+        f"as many samples as {memory_gb:g} GB x {USABLE_SHARE} holds by the estimate "
+        f"(capped at {batch_cap})"
+    )
+    reasons["training.epochs"] = (
+        f"nnU-Net's full schedule ({FULL_EPOCHS} x {STEPS_PER_EPOCH} steps); plan with "
+        "--budget to fit a wall-clock time on this machine"
+    )
+    reasons["training.steps_per_epoch"] = (
+        "training is counted in steps, not passes over the cases (one case would be one step)"
+    )
+    reasons["training.learning_rate"] = "Adam's usual rate, decayed by the poly schedule"
+    reasons["training.lr_schedule"] = "(1 - step / all steps) ** 0.9, nnU-Net's schedule"
+    single = [
+        c.id for c in fingerprint.classes if c.id > 0 and c.cases and c.one_object_cases == c.cases
+    ]
+    if single:
+        config_data["inference"] = {"keep_largest": single}
+        reasons["inference.keep_largest"] = (
+            f"class{'es' if len(single) > 1 else ''} {', '.join(map(str, single))}: one "
+            "connected object in every labelled case, so stray islands are errors "
+            "(`miscore cv` re-decides it from predictions)"
+        )
+    config = parse_config(config_data, "planned config")
+    header = (
+        f"miscore config planned by `miscore plan` from {fingerprint.dataset}\n"
+        f"({fingerprint.cases} cases, {fingerprint.labelled_cases} labelled, "
+        f"{'CT' if ct else 'not CT'}, {dims}D, median spacing {_mm(median)}).\n"
+        "Every planned value says why; edit freely and check with `miscore config validate`."
+    )
+    plan = Plan(config, reasons, header)
+    again = parse_config(yaml.safe_load(plan.to_yaml()), "planned config")
+    if again != config:
+        raise PipelineError("plan: the YAML written does not read back as the planned config")
+    return plan
+
+
+def planned_augmentation(ndim: int, thick_axis: int | None = None) -> list[dict[str, Any]]:
+    """nnU-Net's augmentation set as config entries, for ``ndim``-D samples.
+
+    With a thick axis (anisotropic 3D data), rotation stays in the plane of the other two axes,
+    as nnU-Net does for such data. The spatial ones come first, so that they are composed into
+    one interpolation."""
+    rotate: dict[str, Any] = {"name": "rotate", "p": 0.2, "max_angle": 30.0}
+    if thick_axis is not None and ndim == 3:
+        rotate["planes"] = [[a for a in range(3) if a != thick_axis]]
+    return [
+        rotate,
+        {"name": "scale", "p": 0.2, "min": 0.7, "max": 1.4},
+        {"name": "flip", "p": 1.0},
+        {"name": "gaussian_noise", "p": 0.1, "min_std": 0.0, "max_std": 0.1},
+        {"name": "gaussian_blur", "p": 0.2, "min_sigma": 0.5, "max_sigma": 1.0},
+        {"name": "brightness", "p": 0.15, "min": 0.75, "max": 1.25},
+        {"name": "contrast", "p": 0.15, "min": 0.75, "max": 1.25},
+        {"name": "low_resolution", "p": 0.25, "min_zoom": 0.5, "max_zoom": 1.0},
+        {"name": "gamma", "p": 0.3, "min": 0.7, "max": 1.5},
+    ]
+
+
+def _mm(values: Sequence[float]) -> str:
+    return "x".join(f"{v:.3g}" for v in values) + " mm"
