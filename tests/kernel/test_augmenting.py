@@ -413,5 +413,3 @@ def test_any_flip_and_quarter_turn_is_an_exact_view(
     assert np.shares_memory(out, image)
     np.testing.assert_array_equal(out, moved)
     np.testing.assert_array_equal(out_label, transform.forward(label))
-
-
