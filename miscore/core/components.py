@@ -78,6 +78,10 @@ class ImageIO(Component):
     """
 
     kind = "io"
+    #: which reader wins a file several can read: the highest priority, ties by name; the
+    #: bundled readers use 0 (SimpleITK's catch-all reader -10), so a plugin that sets 10
+    #: reads ``.nii.gz`` before the bundled ``nifti`` reader
+    priority: ClassVar[int] = 0
     suffixes: ClassVar[tuple[str, ...]] = ()
     #: the ending ``write`` uses for predictions when the caller does not choose one
     write_suffix: ClassVar[str] = ""
