@@ -1,16 +1,24 @@
-"""An example third-party plugin: one component of each kind and one CLI command."""
+"""An example third-party plugin: one component of each kind, one CLI command, and its own
+default augmentation set (``miscore_defaults``), which replaces the bundled one.
+
+The distribution declares a second plugin, ``miscore_example_thirdparty.nifti``, that reads
+``.nii.gz`` ahead of the bundled reader by declared priority.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 from pydantic import Field
 
 import miscore
+
+if TYPE_CHECKING:
+    import typer
 
 __version__ = "1.2.3"
 
@@ -45,6 +53,8 @@ class AddConstant(miscore.Subfunction):
     class Params(miscore.Params):
         value: float = Field(1.0, description="what to add")
 
+    params: Params
+
     def preprocess(self, case: miscore.Case, training: bool) -> miscore.Case:
         image = case.image.with_array(case.image.array + self.params.value)
         return miscore.Case(case.id, image, case.label, dict(case.meta))
@@ -54,6 +64,7 @@ class Invert(miscore.Augmentation):
     """Negates the image."""
 
     name = "example_invert"
+    params: miscore.AugmentationParams
 
     def augment(
         self,
@@ -147,8 +158,23 @@ def miscore_register_evaluators() -> list[type[miscore.Evaluator]]:
     return [FirstHalf]
 
 
+#: what ``augmentation: default`` stands for while this plugin is installed
+DEFAULT_AUGMENTATION: list[dict[str, Any]] = [
+    {"name": "flip", "p": 0.5},
+    {"name": "example_invert", "p": 0.25},
+]
+
+
+# A plain hookimpl is enough to replace the bundled defaults: the bundled plugins implement
+# ``miscore_defaults`` with ``trylast=True``, pluggy calls trylast implementations after all
+# others, and for each key the first implementation called wins.
 @miscore.hookimpl
-def miscore_register_commands(app: Any) -> None:
+def miscore_defaults() -> dict[str, Any]:
+    return {"augmentation": DEFAULT_AUGMENTATION}
+
+
+@miscore.hookimpl
+def miscore_register_commands(app: typer.Typer) -> None:
     @app.command("example-hello")
     def hello(name: str = "world") -> None:
         """Say hello (a command added by a third-party plugin)."""
