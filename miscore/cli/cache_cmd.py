@@ -15,7 +15,7 @@ from miscore.core.errors import InputError, MiscoreError, PipelineError
 from miscore.core.progress import progress_bar
 
 if TYPE_CHECKING:
-    from miscore.cache import CaseCache, CaseSource
+    from miscore.cache import CaseCache, CaseStore
     from miscore.core.components import Subfunction
     from miscore.core.config import Config
     from miscore.core.plugins import PluginManager
@@ -117,7 +117,7 @@ class _BuildJob:
     manager: PluginManager
     dataset: Dataset
     steps: list[Subfunction]
-    store: CaseSource
+    store: CaseStore
 
     @classmethod
     def open(

@@ -101,7 +101,7 @@ class Pipeline:
             case = step.preprocess(case, training=True)
         return case
 
-    def get(self, cache: miscore.cache.CaseSource, path: Path) -> miscore.cache.CachedCase:
+    def get(self, cache: miscore.cache.CaseStore, path: Path) -> miscore.cache.CachedCase:
         key = cache.key(path.name.removesuffix(".npz"), [path], self.fingerprint())
         return cache.get_or_build(key, lambda: self.build(path))
 
@@ -386,7 +386,7 @@ WRITER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     import numpy as np
-    import miscore, miscore.cache as mc
+    import miscore, miscore.cache as mc, miscore.cache.local as local
     from miscore.testing import synthetic_case
 
     root, mode, flag = sys.argv[1], sys.argv[2], Path(sys.argv[3])
@@ -397,7 +397,7 @@ WRITER = textwrap.dedent(
         def hang(folder, marker):  # every array is written; the marker never is
             flag.write_text(str(folder))
             time.sleep(120)
-        mc._write_marker = hang
+        local._write_marker = hang
     else:  # wait for the other writer so that both write at once
         flag.with_suffix("." + mode).write_text("ready")
         while len(list(flag.parent.glob(flag.name + ".*"))) < 2:

@@ -24,15 +24,15 @@ from tests.reliability.helpers import assert_error_last, files_under, tree_hash
 #: stalls before the completion marker of a cache entry: arrays written, entry not trusted
 STALL_BEFORE_MARKER = """
 import time
-import miscore.cache
+import miscore.cache.local
 
-_write_marker = miscore.cache._write_marker
+_write_marker = miscore.cache.local._write_marker
 
 def _slow(folder, marker):
     time.sleep(60)
     _write_marker(folder, marker)
 
-miscore.cache._write_marker = _slow
+miscore.cache.local._write_marker = _slow
 """
 
 #: the disk fills up after a few chunk writes
