@@ -52,7 +52,7 @@ def plan(
     dataset = Dataset.discover(data, cli.plugins.registry, layout=layout)
     fingerprint = analyze_dataset(dataset, progress=cli.log)
     planned = plan_config(
-        fingerprint, memory_gb=memory_gb, two_d=two_d, data_path=str(data.resolve())
+        fingerprint, cli.plugins, memory_gb=memory_gb, two_d=two_d, data_path=str(data.resolve())
     )
     if seconds is not None:
         from miscore.cli.state import import_tensorflow_quietly

@@ -272,7 +272,10 @@ def miscore_plan_choices(ndim: int, thick_axis: int | None) -> dict[str, Any]:
     Called by the planner. Return any of the keys ``architecture`` (an entry; the planner
     adds the ``depth`` and ``filters`` it sized, when the architecture takes them), ``loss``,
     ``augmentation`` (a list of entries), and ``reasons`` (``{config path: why}`` comments for
-    the YAML). Keys are merged as for ``miscore_defaults``: the first plugin to give one wins.
+    the YAML). Keys are merged as for ``miscore_defaults``: the first plugin to give one wins;
+    ``reasons`` merge per path, and the reasons of a plugin none of whose choices is used are
+    dropped with them. The bundled plugins answer ``trylast``; with no ``architecture`` or
+    ``loss`` from any plugin, planning fails and says so.
 
     Args:
         ndim: spatial dimensions of the planned network's input (2 or 3).

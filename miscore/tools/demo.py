@@ -15,12 +15,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel
 
 from miscore.core.errors import InputError
 from miscore.core.plugins import PluginManager
 from miscore.tools.planning import Plan
+
+if TYPE_CHECKING:
+    from miscore.core.config import Config
+    from miscore.core.registry import Registry
+    from miscore.core.volume import Case, Volume
+    from miscore.pipeline.evaluate import EvaluationReport
 
 
 @dataclass(frozen=True)
@@ -60,18 +67,8 @@ def run_demo(
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
 ) -> DemoResult:
     """Run the demo into ``out`` (which must not exist or be empty) and return the figures."""
-    from miscore.core.atomic import write_text_atomic
-    from miscore.core.config import apply_defaults, check_components, load_config
-    from miscore.data.dataset import Dataset
-    from miscore.pipeline.evaluate import evaluate
     from miscore.pipeline.inference import predict
     from miscore.pipeline.training import train
-    from miscore.pipeline.visualize import plot_metric_boxes, save_overlay
-    from miscore.tools.analysis import analyze_dataset
-    from miscore.tools.budget import plan_for_budget
-    from miscore.tools.planning import plan_config
-    from miscore.tools.report import write_html_report
-    from miscore.tools.synth import class_names, write_dataset
 
     started = time.perf_counter()
     out = Path(out)
@@ -79,17 +76,52 @@ def run_demo(
         raise InputError(f"{out}: exists and is not empty; give a new --out folder")
     size = QUICK if quick else FULL
     plugins = plugins or PluginManager()
-    registry = plugins.registry
 
     log(f"1/6 synthetic phantoms: {size.train_cases} training, {size.test_cases} held-out cases")
+    _write_phantoms(out, size, plugins.registry)
+
+    log("2/6 fingerprint and plan (miscore analyze + miscore plan)")
+    config_path = _plan(out, size, plugins, log)
+    config = _load_checked(config_path, plugins.registry)
+
+    log(
+        f"3/6 training a 3D U-Net: {config.training.epochs} epochs of "
+        f"{config.training.steps_per_epoch} steps"
+    )
+    result = train(config, out / "data", out / "model", plugins=plugins, log=log)
+
+    log("4/6 sliding-window prediction of the held-out cases")
+    predict(out / "model", [out / "test"], out / "predictions", plugins=plugins, log=log)
+
+    log("5/6 evaluation")
+    held_out = _HeldOut.read(out, plugins.registry)
+    report = held_out.evaluate(plugins.registry)
+
+    log("6/6 report")
+    return _write_report(out, size, held_out, report, config_path, result.epochs, started)
+
+
+def _write_phantoms(out: Path, size: DemoSize, registry: Registry) -> None:
+    """The training phantoms in ``out/data``, the held-out ones (oblique) in ``out/test``."""
+    from miscore.tools.synth import write_dataset
+
     write_dataset(out / "data", registry, size.train_cases, size.shape, CLASSES, seed=0)
     write_dataset(
         out / "test", registry, size.test_cases, size.shape, CLASSES, seed=1000, oblique=True
     )
 
-    log("2/6 fingerprint and plan (miscore analyze + miscore plan)")
-    data = Dataset.discover(out / "data", registry)
-    plan = plan_config(analyze_dataset(data), memory_gb=2.0, data_path=str(out / "data"))
+
+def _plan(out: Path, size: DemoSize, plugins: PluginManager, log: Callable[[str], None]) -> Path:
+    """Analyze and plan as ``miscore plan`` does (with ``--budget`` unless quick); write the
+    config, with the demo's inference choices, to ``out/config.yaml``."""
+    from miscore.core.atomic import write_text_atomic
+    from miscore.data.dataset import Dataset
+    from miscore.tools.analysis import analyze_dataset
+    from miscore.tools.budget import plan_for_budget
+    from miscore.tools.planning import plan_config
+
+    data = Dataset.discover(out / "data", plugins.registry)
+    plan = plan_config(analyze_dataset(data), plugins, memory_gb=2.0, data_path=str(out / "data"))
     plan.config.cache.path = str(out / "cache")
     if size.budget_s is not None:
         log(f"   planning for {size.budget_s / 60:.3g} min of training on this machine")
@@ -103,33 +135,66 @@ def run_demo(
     plan.reasons["inference.keep_largest"] = "one organ and one tumour per phantom"
     config_path = out / "config.yaml"
     write_text_atomic(config_path, plan.to_yaml())
-    config = load_config(config_path)  # what a user would run: validated from the file
-    config = apply_defaults(config, registry)
+    return config_path
+
+
+def _load_checked(config_path: Path, registry: Registry) -> Config:
+    """The config as a user would run it: validated from the file, defaults applied."""
+    from miscore.core.config import apply_defaults, check_components, load_config
+
+    config = apply_defaults(load_config(config_path), registry)
     check_components(config, registry)
+    return config
 
-    log(
-        f"3/6 training a 3D U-Net: {config.training.epochs} epochs of "
-        f"{config.training.steps_per_epoch} steps"
-    )
-    result = train(config, out / "data", out / "model", plugins=plugins, log=log)
 
-    log("4/6 sliding-window prediction of the held-out cases")
-    predictions = out / "predictions"
-    predict(out / "model", [out / "test"], predictions, plugins=plugins, log=log)
+@dataclass(frozen=True)
+class _HeldOut:
+    """The held-out cases, each with its prediction read back on the image's grid."""
 
-    log("5/6 evaluation")
-    test = Dataset.discover(out / "test", registry)
-    io = registry.io_for(next(predictions.iterdir()))
-    pairs = (
-        (case_id, io.read_label(predictions / f"{case_id}.nii.gz", test.load(case_id).image),
-         test.load(case_id).label)
-        for case_id in test.ids
-    )  # fmt: skip
-    report = evaluate(
-        ((c, p, t) for c, p, t in pairs if t is not None), registry, classes=range(1, CLASSES)
-    )
+    ids: list[str]
+    cases: dict[str, Case]
+    predictions: dict[str, Volume]
 
-    log("6/6 report")
+    @classmethod
+    def read(cls, out: Path, registry: Registry) -> _HeldOut:
+        from miscore.data.dataset import Dataset
+
+        test = Dataset.discover(out / "test", registry)
+        folder = out / "predictions"
+        io = registry.io_for(next(folder.iterdir()))
+        cases = {case_id: test.load(case_id) for case_id in test.ids}
+        predictions = {
+            case_id: io.read_label(folder / f"{case_id}.nii.gz", case.image)
+            for case_id, case in cases.items()
+        }
+        return cls(list(test.ids), cases, predictions)
+
+    def evaluate(self, registry: Registry) -> EvaluationReport:
+        from miscore.pipeline.evaluate import evaluate
+
+        labelled = (
+            (case_id, self.predictions[case_id], case.label)
+            for case_id, case in self.cases.items()
+            if case.label is not None
+        )
+        return evaluate(labelled, registry, classes=range(1, CLASSES))
+
+
+def _write_report(
+    out: Path,
+    size: DemoSize,
+    held_out: _HeldOut,
+    report: EvaluationReport,
+    config_path: Path,
+    epochs: int,
+    started: float,
+) -> DemoResult:
+    """Metrics tables, curves, the Dice box plot, GIF overlays, report.html and demo.json."""
+    from miscore.core.atomic import write_text_atomic
+    from miscore.pipeline.visualize import plot_metric_boxes, save_overlay
+    from miscore.tools.report import write_html_report
+    from miscore.tools.synth import class_names
+
     folder = out / "report"
     folder.mkdir(parents=True, exist_ok=True)
     report.write_tsv(folder / "metrics.tsv")
@@ -139,13 +204,15 @@ def run_demo(
     boxplot = plot_metric_boxes(report, "dice", folder / "dice_boxplot.png", names)
     curves = folder / "curves.png"
     shutil.copyfile(out / "model" / "curves.png", curves)
-    overlays = []
-    for case_id in test.ids:
-        case = test.load(case_id)
-        prediction = io.read_label(predictions / f"{case_id}.nii.gz", case.image)
-        overlays.append(
-            save_overlay(case.image, case.label, prediction, folder / "overlays" / f"{case_id}.gif")
+    overlays = [
+        save_overlay(
+            held_out.cases[case_id].image,
+            held_out.cases[case_id].label,
+            held_out.predictions[case_id],
+            folder / "overlays" / f"{case_id}.gif",
         )
+        for case_id in held_out.ids
+    ]
     dice = {names[c]: report.stats(c, "dice").mean for c in report.classes}
     mean_dice = sum(dice.values()) / len(dice)
     seconds = time.perf_counter() - started
@@ -161,7 +228,7 @@ def run_demo(
         facts=[
             ("training cases", str(size.train_cases)),
             ("held-out cases", f"{size.test_cases} (oblique, LPS-stored)"),
-            ("epochs", str(result.epochs)),
+            ("epochs", str(epochs)),
             ("mean foreground Dice", f"{mean_dice:.3f}"),
             ("run time", f"{seconds / 60:.1f} min"),
         ],
@@ -172,7 +239,7 @@ def run_demo(
         dice=dice,
         mean_foreground_dice=mean_dice,
         seconds=seconds,
-        epochs=result.epochs,
+        epochs=epochs,
     )
     write_text_atomic(folder / "demo.json", json.dumps(demo.model_dump(), indent=2) + "\n")
     return demo

@@ -13,20 +13,28 @@ The rules follow nnU-Net's planning, simplified:
   at most 5 poolings), and the largest axis shrinks until two samples fit the memory budget
   by ``estimate_memory_bytes``; the batch is then as large as the budget allows (2..16 in 3D,
   2..64 in 2D).
+- **components**: the architecture, loss and augmentation set are the plugins' choice
+  (``miscore_plan_choices``; the bundled plugins choose nnU-Net's: a U-Net with instance norm
+  and leaky ReLU, Dice + cross-entropy, nnU-Net's augmentations). The planner adds the depth
+  and width it sized when the chosen architecture's parameters have them.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import yaml
 
 from miscore.core.config import Config, parse_config
 from miscore.core.errors import InputError, PipelineError
-from miscore.tools.analysis import Fingerprint
+from miscore.tools.analysis import CaseFingerprint, Fingerprint
+
+if TYPE_CHECKING:
+    from miscore.core.plugins import PluginManager
 
 __all__ = ["Plan", "estimate_memory_bytes", "plan_config", "target_spacing"]
 
@@ -143,8 +151,42 @@ def _fit_patch(patch: list[int], budget: float, batch_min: int) -> tuple[list[in
     return patch, depth_of(patch)
 
 
+@dataclass
+class _Draft:
+    """A planned config under construction: its sections and the reason for each value."""
+
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def add_step(self, step: dict[str, Any], reason: str) -> None:
+        self.steps.append(step)
+        self.reasons[f"preprocessing[{len(self.steps) - 1}]"] = reason
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """The planned spacing and the median shape the cases get at it."""
+
+    target: list[float]
+    median: list[float]  # the median spacing, before the anisotropy rule
+    anisotropic: bool
+    resampled: list[float]  # median shape after resampling
+
+
+@dataclass(frozen=True)
+class _Sizing:
+    """The planned patch, network depth and batch."""
+
+    patching: dict[str, Any]
+    depth: int
+    batch: int
+    batch_cap: int
+    slices: bool
+
+
 def plan_config(
     fingerprint: Fingerprint,
+    plugins: PluginManager,
     memory_gb: float = 8.0,
     two_d: bool = False,
     data_path: str | None = None,
@@ -152,6 +194,8 @@ def plan_config(
     """Plan a complete config for the dataset of ``fingerprint``.
 
     Args:
+        plugins: the plugins whose ``miscore_plan_choices`` name the architecture, loss and
+            augmentation (the bundled ones: nnU-Net's choices).
         memory_gb: accelerator memory the training may use.
         two_d: plan a 2D network on slices of 3D data (always 2D for 2D data).
         data_path: the config's ``data.path`` (default: the fingerprint's dataset).
@@ -161,18 +205,50 @@ def plan_config(
     cases = [c for c in fingerprint.per_case if len(c.shape) == fingerprint.dims]
     if not cases:
         raise InputError(f"{fingerprint.dataset}: the fingerprint holds no case to plan from")
-    reasons: dict[str, str] = {}
-    steps: list[dict[str, Any]] = []
-    dims = fingerprint.dims
+    draft = _Draft()
+    geometry = _plan_geometry(fingerprint, cases, draft)
+    _plan_intensities(fingerprint, draft)
+    sizing = _plan_sizing(geometry, fingerprint.dims, two_d, memory_gb, draft.reasons)
+    ndim = 2 if sizing.slices or fingerprint.dims == 2 else 3
+    thick = int(np.argmax(geometry.target)) if geometry.anisotropic and ndim == 3 else None
+    augmentation, model = _plan_components(plugins, ndim, thick, sizing.depth, draft.reasons)
+    config_data: dict[str, Any] = {
+        "data": _plan_data(fingerprint, data_path, draft.reasons),
+        "preprocessing": draft.steps,
+        "patching": sizing.patching,
+        "augmentation": augmentation,
+        "model": model,
+        "training": _plan_training(sizing, memory_gb, draft.reasons),
+    }
+    inference = _plan_inference(fingerprint, draft.reasons)
+    if inference:
+        config_data["inference"] = inference
+    config = parse_config(config_data, "planned config")
+    header = (
+        f"miscore config planned by `miscore plan` from {fingerprint.dataset}\n"
+        f"({fingerprint.cases} cases, {fingerprint.labelled_cases} labelled, "
+        f"{'CT' if fingerprint.looks_like_ct else 'not CT'}, {fingerprint.dims}D, "
+        f"median spacing {_mm(geometry.median)}).\n"
+        "Every planned value says why; edit freely and check with `miscore config validate`."
+    )
+    plan = Plan(config, draft.reasons, header)
+    again = parse_config(yaml.safe_load(plan.to_yaml()), "planned config")
+    if again != config:
+        raise PipelineError("plan: the YAML written does not read back as the planned config")
+    return plan
 
-    # geometry: one orientation, then one spacing
+
+def _plan_geometry(
+    fingerprint: Fingerprint, cases: Sequence[CaseFingerprint], draft: _Draft
+) -> _Geometry:
+    """One orientation (when the cases differ), then one spacing for all cases."""
     spacings = [c.spacing for c in cases]
     shapes = [c.shape for c in cases]
-    if dims == 3 and len(fingerprint.orientations) > 1:
-        steps.append({"name": "reorient", "axcodes": "RAS"})
-        reasons[f"preprocessing[{len(steps) - 1}]"] = (
+    if fingerprint.dims == 3 and len(fingerprint.orientations) > 1:
+        draft.add_step(
+            {"name": "reorient", "axcodes": "RAS"},
             f"cases come in {len(fingerprint.orientations)} orientations "
-            f"({', '.join(fingerprint.orientations)}): one axis order for all"
+            f"({', '.join(fingerprint.orientations)}): one axis order for all",
         )
         orders = [_ras_order(c.axcodes) for c in cases]
         spacings = [[c.spacing[i] for i in o] for c, o in zip(cases, orders, strict=True)]
@@ -182,8 +258,8 @@ def plan_config(
     anisotropic = max(median) / min(median) > 3
     # always: the cases to predict need not have the training cases' spacing (a no-op for
     # a case already at the target)
-    steps.append({"name": "resample", "spacing": target})
-    reasons[f"preprocessing[{len(steps) - 1}]"] = (
+    draft.add_step(
+        {"name": "resample", "spacing": target},
         f"median spacing {_mm(median)}"
         + (
             "; anisotropic (ratio > 3): the thick axis takes its 10th percentile"
@@ -194,7 +270,7 @@ def plan_config(
             "; the training cases have it already, new cases are brought to it"
             if all(np.allclose(s, target, rtol=0.01) for s in spacings)
             else ""
-        )
+        ),
     )
     resampled = [
         float(v)
@@ -206,53 +282,55 @@ def plan_config(
             axis=0,
         )
     ]
+    return _Geometry(target, median, anisotropic, resampled)
 
-    # intensities
-    ct = fingerprint.looks_like_ct
-    if ct:
-        fg = [c.foreground for c in fingerprint.intensity]
-        if any(f.voxels == 0 for f in fg):
-            raise InputError(
-                f"{fingerprint.dataset}: CT data without labelled foreground: cannot compute "
-                "the clipping range; label some cases or write the preprocessing by hand"
-            )
-        steps.append(
-            {
-                "name": "clip",
-                "min": [round(float(f.percentile_00_5 or 0), 2) for f in fg],
-                "max": [round(float(f.percentile_99_5 or 0), 2) for f in fg],
-            }
-        )
-        reasons[f"preprocessing[{len(steps) - 1}]"] = (
-            "CT: the 0.5/99.5 percentiles of the dataset's foreground voxels"
-        )
-        steps.append(
-            {
-                "name": "zscore",
-                "mean": [round(float(f.mean or 0), 3) for f in fg],
-                "std": [round(float(f.std or 1), 3) for f in fg],
-            }
-        )
-        reasons[f"preprocessing[{len(steps) - 1}]"] = (
-            "CT: one normalisation for all cases, the dataset's foreground mean and std"
-        )
-    else:
-        steps.append({"name": "zscore"})
-        reasons[f"preprocessing[{len(steps) - 1}]"] = (
-            "not CT: intensities have no fixed scale, so each case is z-scored on its own"
-        )
 
-    # patch, depth, batch
+def _plan_intensities(fingerprint: Fingerprint, draft: _Draft) -> None:
+    """CT: clip and z-score with the dataset's foreground statistics; else z-score per case."""
+    if not fingerprint.looks_like_ct:
+        draft.add_step(
+            {"name": "zscore"},
+            "not CT: intensities have no fixed scale, so each case is z-scored on its own",
+        )
+        return
+    fg = [c.foreground for c in fingerprint.intensity]
+    if any(f.voxels == 0 for f in fg):
+        raise InputError(
+            f"{fingerprint.dataset}: CT data without labelled foreground: cannot compute "
+            "the clipping range; label some cases or write the preprocessing by hand"
+        )
+    draft.add_step(
+        {
+            "name": "clip",
+            "min": [round(float(f.percentile_00_5 or 0), 2) for f in fg],
+            "max": [round(float(f.percentile_99_5 or 0), 2) for f in fg],
+        },
+        "CT: the 0.5/99.5 percentiles of the dataset's foreground voxels",
+    )
+    draft.add_step(
+        {
+            "name": "zscore",
+            "mean": [round(float(f.mean or 0), 3) for f in fg],
+            "std": [round(float(f.std or 1), 3) for f in fg],
+        },
+        "CT: one normalisation for all cases, the dataset's foreground mean and std",
+    )
+
+
+def _plan_sizing(
+    geometry: _Geometry, dims: int, two_d: bool, memory_gb: float, reasons: dict[str, str]
+) -> _Sizing:
+    """The patch (fit to the memory), the depth it allows, and the batch the memory holds."""
     budget = memory_gb * 1e9 * USABLE_SHARE
     slices = dims == 3 and two_d
     if slices:
-        axis = int(np.argmax(target))
-        in_plane = [round(v) for i, v in enumerate(resampled) if i != axis]
+        axis = int(np.argmax(geometry.target))
+        in_plane = [round(v) for i, v in enumerate(geometry.resampled) if i != axis]
         start = [min(n, 512) for n in in_plane]
         batch_cap = 64
     else:
         axis = 2
-        start = [min(round(v), 256 if dims == 3 else 512) for v in resampled]
+        start = [min(round(v), 256 if dims == 3 else 512) for v in geometry.resampled]
         batch_cap = 16 if dims == 3 else 64
     patch, depth = _fit_patch(start, budget, batch_min=2)
     per_sample = estimate_memory_bytes(patch)
@@ -265,7 +343,7 @@ def plan_config(
         "foreground_ratio": 0.33,
         "samples_per_case": 2,
     }
-    median_text = "x".join(str(round(v)) for v in resampled)
+    median_text = "x".join(str(round(v)) for v in geometry.resampled)
     reasons["patching.mode"] = (
         f"2D network on slices along axis {axis} (the thickest)"
         if slices
@@ -278,7 +356,13 @@ def plan_config(
     )
     if slices:
         reasons["patching.slice_axis"] = "the axis of the largest target spacing"
+    return _Sizing(patching, depth, batch, batch_cap, slices)
 
+
+def _plan_data(
+    fingerprint: Fingerprint, data_path: str | None, reasons: dict[str, str]
+) -> dict[str, Any]:
+    """The data section: where, which layout, how many classes (and their names)."""
     classes = max(2, max((c.id for c in fingerprint.classes), default=1) + 1)
     names = {c.id: c.name for c in fingerprint.classes if c.name}
     data: dict[str, Any] = {
@@ -292,47 +376,58 @@ def plan_config(
     )
     if len(names) == classes:
         data["class_names"] = [names[i] for i in range(classes)]
-    thick = int(np.argmax(target)) if anisotropic and not slices else None
-    augmentation = planned_augmentation(2 if slices or dims == 2 else 3, thick)
-    reasons["augmentation"] = (
-        "nnU-Net's set: mirroring, rotation and scaling"
-        + (f" (rotation in-plane only: axis {thick} is thick)" if thick is not None else "")
-        + ", noise, blur, brightness, contrast, low resolution, gamma; elastic off (slow, "
-        "no gain in nnU-Net's ablations)"
-    )
-    config_data = {
-        "data": data,
-        "preprocessing": steps,
-        "patching": patching,
-        "augmentation": augmentation,
-        "model": {
-            "architecture": {
-                "name": "unet",
-                "depth": depth,
-                "filters": BASE_FILTERS,
-                "normalization": "instance",
-                "activation": "leaky_relu",
-            },
-            "loss": {"name": "dice_ce"},
-        },
-        "training": {
-            "batch_size": batch,
-            "epochs": FULL_EPOCHS,
-            "steps_per_epoch": STEPS_PER_EPOCH,
-            "learning_rate": LEARNING_RATE,
-            "lr_schedule": "poly",
-        },
-    }
-    reasons["model.architecture"] = (
-        f"depth {depth}: the patch's smallest axis keeps >= {MIN_BOTTOM_VOXELS} voxels at the "
-        f"bottom (at most {MAX_DEPTH} poolings); instance norm, leaky ReLU as nnU-Net (batch "
-        "norm's moving statistics lag behind in short runs: a model good in training mode "
-        "predicts one class everywhere)"
-    )
-    reasons["model.loss"] = "Dice + cross-entropy, nnU-Net's loss"
+    return data
+
+
+def _plan_components(
+    plugins: PluginManager,
+    ndim: int,
+    thick: int | None,
+    depth: int,
+    reasons: dict[str, str],
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The augmentation list and the model section, as the plugins choose them.
+
+    The plugins' ``miscore_plan_choices`` name the architecture, loss and augmentation; the
+    planner adds the depth and width it sized when the architecture's parameters have them.
+    """
+    choices = plugins.plan_choices(ndim=ndim, thick_axis=thick)
+    for key in ("architecture", "loss"):
+        if key not in choices:
+            raise PipelineError(
+                f"plan: no installed plugin chooses the {key} of a planned config "
+                "(hook miscore_plan_choices); install or enable one, e.g. the bundled "
+                f"{'unet' if key == 'architecture' else 'losses'} plugin"
+            )
+    chosen = dict(choices["architecture"])
+    fields = plugins.registry.get_architecture(chosen["name"]).Params.model_fields
+    sized = {"depth": depth, "filters": BASE_FILTERS}
+    architecture = {"name": chosen.pop("name")}
+    architecture.update({k: v for k, v in sized.items() if k in fields and k not in chosen})
+    architecture.update(chosen)
+    plugin_reasons = choices["reasons"]
+    why = plugin_reasons.get("model.architecture")
+    if "depth" in architecture and "depth" not in choices["architecture"]:
+        sizing = (
+            f"depth {depth}: the patch's smallest axis keeps >= {MIN_BOTTOM_VOXELS} voxels at "
+            f"the bottom (at most {MAX_DEPTH} poolings)"
+        )
+        why = f"{sizing}; {why}" if why else sizing
+    for path, text in plugin_reasons.items():
+        reasons[path] = text
+    if why:
+        reasons["model.architecture"] = why
+    augmentation = [dict(entry) for entry in choices.get("augmentation", [])]
+    if "augmentation" not in choices:
+        reasons["augmentation"] = "no installed plugin plans an augmentation set"
+    return augmentation, {"architecture": architecture, "loss": dict(choices["loss"])}
+
+
+def _plan_training(sizing: _Sizing, memory_gb: float, reasons: dict[str, str]) -> dict[str, Any]:
+    """nnU-Net's training length and schedule, with the batch the memory holds."""
     reasons["training.batch_size"] = (
         f"as many samples as {memory_gb:g} GB x {USABLE_SHARE} holds by the estimate "
-        f"(capped at {batch_cap})"
+        f"(capped at {sizing.batch_cap})"
     )
     reasons["training.epochs"] = (
         f"nnU-Net's full schedule ({FULL_EPOCHS} x {STEPS_PER_EPOCH} steps); plan with "
@@ -343,50 +438,28 @@ def plan_config(
     )
     reasons["training.learning_rate"] = "Adam's usual rate, decayed by the poly schedule"
     reasons["training.lr_schedule"] = "(1 - step / all steps) ** 0.9, nnU-Net's schedule"
+    return {
+        "batch_size": sizing.batch,
+        "epochs": FULL_EPOCHS,
+        "steps_per_epoch": STEPS_PER_EPOCH,
+        "learning_rate": LEARNING_RATE,
+        "lr_schedule": "poly",
+    }
+
+
+def _plan_inference(fingerprint: Fingerprint, reasons: dict[str, str]) -> dict[str, Any]:
+    """Keep the largest object of each class that is one object in every labelled case."""
     single = [
         c.id for c in fingerprint.classes if c.id > 0 and c.cases and c.one_object_cases == c.cases
     ]
-    if single:
-        config_data["inference"] = {"keep_largest": single}
-        reasons["inference.keep_largest"] = (
-            f"class{'es' if len(single) > 1 else ''} {', '.join(map(str, single))}: one "
-            "connected object in every labelled case, so stray islands are errors "
-            "(`miscore cv` re-decides it from predictions)"
-        )
-    config = parse_config(config_data, "planned config")
-    header = (
-        f"miscore config planned by `miscore plan` from {fingerprint.dataset}\n"
-        f"({fingerprint.cases} cases, {fingerprint.labelled_cases} labelled, "
-        f"{'CT' if ct else 'not CT'}, {dims}D, median spacing {_mm(median)}).\n"
-        "Every planned value says why; edit freely and check with `miscore config validate`."
+    if not single:
+        return {}
+    reasons["inference.keep_largest"] = (
+        f"class{'es' if len(single) > 1 else ''} {', '.join(map(str, single))}: one "
+        "connected object in every labelled case, so stray islands are errors "
+        "(`miscore cv` re-decides it from predictions)"
     )
-    plan = Plan(config, reasons, header)
-    again = parse_config(yaml.safe_load(plan.to_yaml()), "planned config")
-    if again != config:
-        raise PipelineError("plan: the YAML written does not read back as the planned config")
-    return plan
-
-
-def planned_augmentation(ndim: int, thick_axis: int | None = None) -> list[dict[str, Any]]:
-    """nnU-Net's augmentation set as config entries, for ``ndim``-D samples.
-
-    With a thick axis (anisotropic 3D data), rotation stays in the plane of the other two axes,
-    as nnU-Net does for such data. The spatial ones come first, so that they are composed into
-    one interpolation."""
-    rotate: dict[str, Any] = {"name": "rotate", "p": 0.2, "max_angle": 30.0}
-    if thick_axis is not None and ndim == 3:
-        rotate["planes"] = [[a for a in range(3) if a != thick_axis]]
-    return [
-        rotate,
-        {"name": "scale", "p": 0.2, "min": 0.7, "max": 1.4},
-        {"name": "flip", "p": 1.0},
-        {"name": "gaussian_noise", "p": 0.1, "min_std": 0.0, "max_std": 0.1},
-        {"name": "gaussian_blur", "p": 0.2, "min_sigma": 0.5, "max_sigma": 1.0},
-        {"name": "brightness", "p": 0.15, "min": 0.75, "max": 1.25},
-        {"name": "contrast", "p": 0.15, "min": 0.75, "max": 1.25},
-        {"name": "low_resolution", "p": 0.25, "min_zoom": 0.5, "max_zoom": 1.0},
-        {"name": "gamma", "p": 0.3, "min": 0.7, "max": 1.5},
-    ]
+    return {"keep_largest": single}
 
 
 def _mm(values: Sequence[float]) -> str:

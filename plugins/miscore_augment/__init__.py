@@ -12,7 +12,12 @@ from __future__ import annotations
 from typing import Any
 
 import miscore
-from miscore_augment.defaults import DEFAULT_AUGMENTATION, default_augmentation
+from miscore_augment.defaults import (
+    DEFAULT_AUGMENTATION,
+    default_augmentation,
+    planned_augmentation,
+    planned_reason,
+)
 from miscore_augment.intensity import (
     INTENSITY,
     Brightness,
@@ -41,6 +46,7 @@ __all__ = [
     "Scale",
     "Shift",
     "default_augmentation",
+    "planned_augmentation",
 ]
 
 
@@ -52,3 +58,11 @@ def miscore_register_augmentations() -> list[type[miscore.Augmentation]]:
 @miscore.hookimpl(trylast=True)
 def miscore_defaults() -> dict[str, Any]:
     return {"augmentation": default_augmentation()}
+
+
+@miscore.hookimpl(trylast=True)
+def miscore_plan_choices(ndim: int, thick_axis: int | None) -> dict[str, Any]:
+    return {
+        "augmentation": planned_augmentation(ndim, thick_axis),
+        "reasons": {"augmentation": planned_reason(ndim, thick_axis)},
+    }

@@ -55,3 +55,11 @@ def miscore_register_losses() -> list[type[miscore.Loss]]:
 @miscore.hookimpl(trylast=True)
 def miscore_defaults() -> dict[str, Any]:
     return {"loss": {"name": "tversky"}}
+
+
+@miscore.hookimpl(trylast=True)
+def miscore_plan_choices() -> dict[str, Any]:
+    return {
+        "loss": {"name": "dice_ce"},
+        "reasons": {"model.loss": "Dice + cross-entropy, nnU-Net's loss"},
+    }

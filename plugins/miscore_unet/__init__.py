@@ -51,3 +51,18 @@ def miscore_register_architectures() -> list[type[miscore.Architecture]]:
 @miscore.hookimpl(trylast=True)
 def miscore_defaults() -> dict[str, Any]:
     return {"architecture": {"name": "unet"}}
+
+
+#: why the planned U-Net is normalised and activated as it is (the planner adds its depth)
+PLANNED_REASON = (
+    "instance norm, leaky ReLU as nnU-Net (batch norm's moving statistics lag behind in short "
+    "runs: a model good in training mode predicts one class everywhere)"
+)
+
+
+@miscore.hookimpl(trylast=True)
+def miscore_plan_choices() -> dict[str, Any]:
+    return {
+        "architecture": {"name": "unet", "normalization": "instance", "activation": "leaky_relu"},
+        "reasons": {"model.architecture": PLANNED_REASON},
+    }

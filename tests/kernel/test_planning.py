@@ -12,19 +12,19 @@ import miscore
 from miscore.core.config import check_components, load_config
 from miscore.data.dataset import Dataset
 from miscore.tools.analysis import analyze_dataset
-from miscore.tools.planning import (
-    estimate_memory_bytes,
-    plan_config,
-    planned_augmentation,
-    target_spacing,
-)
+from miscore.tools.planning import estimate_memory_bytes, plan_config, target_spacing
 from miscore.tools.synth import write_dataset
 from tests.kernel.test_analysis import write_mr_dataset
 
 
 @pytest.fixture
-def registry(installed_plugins: miscore.PluginManager) -> miscore.Registry:
-    return installed_plugins.registry
+def plugins(installed_plugins: miscore.PluginManager) -> miscore.PluginManager:
+    return installed_plugins
+
+
+@pytest.fixture
+def registry(plugins: miscore.PluginManager) -> miscore.Registry:
+    return plugins.registry
 
 
 def test_target_spacing_median_and_anisotropy_rule() -> None:
@@ -40,10 +40,12 @@ def test_memory_estimate_grows_with_the_patch() -> None:
     assert 4e9 < large < 8e9  # about 5.7 GB, as documented
 
 
-def test_plan_for_ct_phantoms(tmp_path: Path, registry: miscore.Registry) -> None:
+def test_plan_for_ct_phantoms(
+    tmp_path: Path, plugins: miscore.PluginManager, registry: miscore.Registry
+) -> None:
     write_dataset(tmp_path / "data", registry, n_cases=3, shape=(40, 36, 20), seed=1)
     fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", registry))
-    plan = plan_config(fingerprint, memory_gb=8)
+    plan = plan_config(fingerprint, plugins, memory_gb=8)
     config = plan.config
     names = [s.name for s in config.preprocessing]
     assert names[-2:] == ["clip", "zscore"]
@@ -63,11 +65,13 @@ def test_plan_for_ct_phantoms(tmp_path: Path, registry: miscore.Registry) -> Non
     assert yaml.safe_load(text)["patching"]["patch_shape"] == patch
 
 
-def test_plan_shrinks_the_patch_to_the_memory(tmp_path: Path, registry: miscore.Registry) -> None:
+def test_plan_shrinks_the_patch_to_the_memory(
+    tmp_path: Path, plugins: miscore.PluginManager, registry: miscore.Registry
+) -> None:
     write_dataset(tmp_path / "data", registry, n_cases=2, shape=(64, 64, 48), seed=2)
     fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", registry))
-    roomy = plan_config(fingerprint, memory_gb=80).config
-    tight = plan_config(fingerprint, memory_gb=0.5).config
+    roomy = plan_config(fingerprint, plugins, memory_gb=80).config
+    tight = plan_config(fingerprint, plugins, memory_gb=0.5).config
     assert roomy.patching.patch_shape is not None and tight.patching.patch_shape is not None
     assert np.prod(tight.patching.patch_shape) < np.prod(roomy.patching.patch_shape)
     budget = 0.5e9 * 0.75
@@ -76,10 +80,12 @@ def test_plan_shrinks_the_patch_to_the_memory(tmp_path: Path, registry: miscore.
     assert roomy.training.batch_size >= tight.training.batch_size
 
 
-def test_plan_for_mr_and_2d(tmp_path: Path, registry: miscore.Registry) -> None:
+def test_plan_for_mr_and_2d(
+    tmp_path: Path, plugins: miscore.PluginManager, registry: miscore.Registry
+) -> None:
     write_mr_dataset(tmp_path / "mr", [(1.0, 1.0, 3.0), (0.9, 0.9, 3.3), (1.1, 1.1, 2.7)])
     fingerprint = analyze_dataset(Dataset.discover(tmp_path / "mr", registry))
-    plan = plan_config(fingerprint, two_d=True)
+    plan = plan_config(fingerprint, plugins, two_d=True)
     config = plan.config
     assert [s.model_dump() for s in config.preprocessing][-1] == {"name": "zscore"}
     assert config.preprocessing[0].name == "resample"
@@ -89,11 +95,13 @@ def test_plan_for_mr_and_2d(tmp_path: Path, registry: miscore.Registry) -> None:
     assert config.data.classes == 2
 
 
-def test_planned_config_passes_validation(tmp_path: Path, registry: miscore.Registry) -> None:
+def test_planned_config_passes_validation(
+    tmp_path: Path, plugins: miscore.PluginManager, registry: miscore.Registry
+) -> None:
     write_dataset(tmp_path / "data", registry, n_cases=2, shape=(32, 32, 16), seed=4)
     fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", registry))
     path = tmp_path / "config.yaml"
-    path.write_text(plan_config(fingerprint).to_yaml())
+    path.write_text(plan_config(fingerprint, plugins).to_yaml())
     config = load_config(path)
     created = check_components(config, registry)  # needs the 'unet' and 'tversky' plugins
     assert created["architecture"].name == "unet"
@@ -101,11 +109,11 @@ def test_planned_config_passes_validation(tmp_path: Path, registry: miscore.Regi
 
 
 def test_the_recipe_is_nnunets_and_each_value_says_why(
-    tmp_path: Path, registry: miscore.Registry
+    tmp_path: Path, plugins: miscore.PluginManager, registry: miscore.Registry
 ) -> None:
     write_dataset(tmp_path / "data", registry, n_cases=2, shape=(32, 32, 16), seed=4)
     fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", registry))
-    plan = plan_config(fingerprint)
+    plan = plan_config(fingerprint, plugins)
     config = plan.config
     architecture = config.model.architecture.params
     assert architecture["normalization"] == "instance"  # batch norm's pitfall: planning.md
@@ -124,7 +132,83 @@ def test_the_recipe_is_nnunets_and_each_value_says_why(
         assert "  # " in line, line
 
 
-def test_anisotropy_keeps_rotation_in_plane_and_isotropic_data_rotates_freely() -> None:
-    assert planned_augmentation(3, thick_axis=0)[0]["planes"] == [[1, 2]]
-    assert "planes" not in planned_augmentation(3)[0]
-    assert "planes" not in planned_augmentation(2, thick_axis=0)[0]
+def test_anisotropy_keeps_rotation_in_plane_and_isotropic_data_rotates_freely(
+    plugins: miscore.PluginManager,
+) -> None:
+    def rotate(ndim: int, thick_axis: int | None) -> dict[str, object]:
+        entry: dict[str, object] = plugins.plan_choices(ndim, thick_axis)["augmentation"][0]
+        return entry
+
+    assert rotate(3, thick_axis=0)["planes"] == [[1, 2]]
+    assert "planes" not in rotate(3, None)
+    assert "planes" not in rotate(2, thick_axis=0)
+
+
+class FocalPlanner:
+    """A third-party plugin that plans a focal loss and a plain U-Net of its own width."""
+
+    @miscore.hookimpl(tryfirst=True)
+    def miscore_plan_choices(self, ndim: int) -> dict[str, object]:
+        return {
+            "loss": {"name": "focal"},
+            "architecture": {"name": "unet_plain", "filters": 8},
+            "reasons": {"model.loss": f"sparse lesions ({ndim}D)"},
+        }
+
+
+class NoDepthNet(miscore.Architecture):
+    """An architecture without depth or width parameters."""
+
+    name = "no_depth_net"
+
+    def build(self, input_shape: object, n_classes: int) -> object:
+        raise NotImplementedError
+
+
+class NoDepthPlanner:
+    @miscore.hookimpl
+    def miscore_register_architectures(self) -> list[type[miscore.Architecture]]:
+        return [NoDepthNet]
+
+    @miscore.hookimpl(tryfirst=True)
+    def miscore_plan_choices(self) -> dict[str, object]:
+        return {"architecture": {"name": "no_depth_net"}}
+
+
+def test_a_plugin_replaces_the_planned_choices(tmp_path: Path) -> None:
+    plugins = miscore.PluginManager(disabled=(), trace=False)
+    plugins.register(FocalPlanner(), "focal_planner")
+    write_dataset(tmp_path / "data", plugins.registry, n_cases=2, shape=(32, 32, 16), seed=4)
+    fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", plugins.registry))
+    plan = plan_config(fingerprint, plugins)
+    model = plan.config.model
+    assert model.loss.name == "focal"
+    assert plan.reasons["model.loss"] == "sparse lesions (3D)"
+    assert model.architecture.name == "unet_plain"
+    # the planner sizes the depth; the plugin's width stays; the bundled U-Net's
+    # normalization (a choice overridden with it) and its reason are gone
+    assert model.architecture.params == {"depth": plan.config.model.architecture.params["depth"],
+                                         "filters": 8}  # fmt: skip
+    assert "instance norm" not in plan.reasons["model.architecture"]
+    assert plan.reasons["model.architecture"].startswith("depth ")
+    assert [a.name for a in plan.config.augmentation][:3] == ["rotate", "scale", "flip"]
+
+
+def test_the_planner_sizes_only_what_the_architecture_takes(tmp_path: Path) -> None:
+    plugins = miscore.PluginManager(disabled=(), trace=False)
+    plugins.register(NoDepthPlanner(), "no_depth")
+    write_dataset(tmp_path / "data", plugins.registry, n_cases=2, shape=(32, 32, 16), seed=4)
+    fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", plugins.registry))
+    plan = plan_config(fingerprint, plugins)
+    assert plan.config.model.architecture.name == "no_depth_net"
+    assert plan.config.model.architecture.params == {}
+    assert "model.architecture" not in plan.reasons
+    assert "no_depth_net}\n" in plan.to_yaml()
+
+
+def test_planning_without_an_architecture_plugin_says_so(tmp_path: Path) -> None:
+    plugins = miscore.PluginManager(disabled=("unet",), trace=False)
+    write_dataset(tmp_path / "data", plugins.registry, n_cases=2, shape=(32, 32, 16), seed=4)
+    fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", plugins.registry))
+    with pytest.raises(miscore.PipelineError, match="no installed plugin chooses the architecture"):
+        plan_config(fingerprint, plugins)
