@@ -1,5 +1,8 @@
 """Fixtures and contract checks for plugin authors (a pytest plugin, loaded automatically).
 
+The helpers work wherever miscore is installed; the fixtures ``plugin_manager`` and
+``installed_plugins`` are defined when pytest can be imported.
+
 In a plugin's tests::
 
     from miscore.testing import check_io_roundtrip, synthetic_volume
@@ -20,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import pytest
 
 from miscore.core.components import Component, ImageIO
 from miscore.core.plugins import PluginManager
@@ -127,13 +129,19 @@ def check_io_roundtrip(
     return back
 
 
-@pytest.fixture
-def plugin_manager() -> Iterator[PluginManager]:
-    """An empty plugin manager (no entry points loaded): register what the test needs."""
-    yield PluginManager(load_entrypoints=False, disabled=(), trace=False)
+try:
+    import pytest
+except ImportError:  # the helpers above work without pytest; only the fixtures need it
+    pytest = None  # type: ignore[assignment]
 
+if pytest is not None:
 
-@pytest.fixture
-def installed_plugins() -> PluginManager:
-    """A plugin manager with every installed plugin loaded, as the CLI has."""
-    return PluginManager(disabled=(), trace=False)
+    @pytest.fixture
+    def plugin_manager() -> Iterator[PluginManager]:
+        """An empty plugin manager (no entry points loaded): register what the test needs."""
+        yield PluginManager(load_entrypoints=False, disabled=(), trace=False)
+
+    @pytest.fixture
+    def installed_plugins() -> PluginManager:
+        """A plugin manager with every installed plugin loaded, as the CLI has."""
+        return PluginManager(disabled=(), trace=False)

@@ -15,35 +15,48 @@ def plugins(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
-    """List the loaded plugins: name, version, module and the components of each kind."""
+    """List the loaded plugins: name, version, module, the components of each kind and the
+    commands each adds; then shadowed components (a name two plugins register) and failures."""
     manager = state(ctx).plugins
     infos = manager.plugins()
-    failures = manager.failures
+    registry = manager.registry
+    failures = registry.failures
     if as_json:
         print_json(
             {
                 "plugins": [asdict(info) for info in infos],
+                "shadowed": [asdict(s) for s in registry.shadowed],
                 "failures": [asdict(f) for f in failures],
                 "disabled": sorted(manager.disabled),
             }
         )
         return
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="miscore plugins")
     for column in ("plugin", "version", "module", "registers"):
         table.add_column(column)
     for info in infos:
-        registers = "\n".join(
+        lines = [
             f"{kind}: {', '.join(sorted(info.components[kind]))}"
             for kind in KINDS
             if info.components.get(kind)
-        )
-        table.add_row(info.name, info.version, info.module, registers or "-")
+        ]
+        lines += [
+            f"{s.kind}: {s.name} (shadowed by {s.by})"
+            for s in registry.shadowed
+            if s.plugin == info.name
+        ]
+        if info.commands:
+            lines.append(f"commands: {', '.join(info.commands)}")
+        table.add_row(info.name, info.version, info.module, escape("\n".join(lines)) or "-")
     console = Console()
     console.print(table)
+    for shadow in registry.shadowed:
+        console.print(f"[yellow]{escape(str(shadow))}[/yellow]")
     for failure in failures:
-        console.print(f"[red]{failure}[/red]")
+        console.print(f"[red]{escape(str(failure))}[/red]")
     if manager.disabled:
         console.print(f"disabled: {', '.join(sorted(manager.disabled))}")

@@ -1,6 +1,20 @@
 """The plugin manager: finds plugins through entry points and wraps every hook call.
 
-Core code never touches ``pm.hook`` directly; it calls the typed methods here.
+Core code never touches ``pm.hook`` directly; it calls the typed methods here, and each of
+them calls ``pm.hook.<name>(...)`` with keyword arguments, so ``tryfirst``/``trylast``,
+``wrapper=True`` implementations and tracing work as in any pluggy project.
+
+Isolation: the implementations of the hooks in ``ISOLATED_HOOKS`` (registration, defaults,
+output formats, commands) are wrapped when their plugin is registered. The wrapper catches an
+exception, records it as a ``PluginFailure`` naming the plugin, and lets pluggy go on with the
+other implementations; it also notes which plugin returned which value, so that the registry
+knows who registered what. Lifecycle hooks are not isolated: ``miscore_configure`` raising
+``ConfigError`` is how a plugin refuses a config.
+
+Name clashes: when two plugins register one component name, the implementation pluggy calls
+first wins (``tryfirst``, then plain, then ``trylast``; among equals the plugin registered
+later). Entry points are registered sorted by name, local ``--plugin`` modules after them. The
+loser is kept in ``Registry.shadowed`` and shown by ``miscore plugins``.
 
 Environment switches (documented in docs/plugins/index.md):
 - ``MISCORE_DISABLE_PLUGINS=name,...`` blocks plugins by name (entry-point or module name);
@@ -10,12 +24,15 @@ Environment switches (documented in docs/plugins/index.md):
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
+import re
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -26,7 +43,14 @@ import pluggy
 from miscore.core import hookspecs
 from miscore.core.components import REGISTRATION_HOOKS
 from miscore.core.errors import InputError, PluginError
-from miscore.core.registry import ComponentInfo, PluginFailure, Registry, check_component_class
+from miscore.core.registry import (
+    ComponentInfo,
+    PluginFailure,
+    Registry,
+    ShadowedComponent,
+    check_component_class,
+)
+from miscore.core.version import PLUGIN_API_VERSION, __version__
 
 if TYPE_CHECKING:
     import typer
@@ -38,6 +62,19 @@ ENTRY_POINT_GROUP = "miscore"
 DISABLE_ENV = "MISCORE_DISABLE_PLUGINS"
 PLUGINS_ENV = "MISCORE_PLUGINS"
 TRACE_ENV = "MISCORE_TRACE_HOOKS"
+#: the module attribute a plugin sets to the plugin-API version it needs, e.g. ``"1.0"``
+PLUGIN_API_ATTRIBUTE = "MISCORE_PLUGIN_API"
+
+#: hooks whose implementations are isolated: one that raises is recorded, the others go on
+ISOLATED_HOOKS: frozenset[str] = frozenset(
+    {
+        *REGISTRATION_HOOKS.values(),
+        "miscore_defaults",
+        "miscore_register_output_formats",
+        "miscore_register_commands",
+    }
+)
+_IMPL_MARKER = "miscore_impl"  # where pluggy's HookimplMarker("miscore") keeps its options
 
 
 @dataclass
@@ -49,6 +86,8 @@ class PluginInfo:
     module: str
     source: str  # "entry point", "local" or "api"
     components: dict[str, list[str]] = field(default_factory=dict)
+    #: the CLI commands (and command groups) its ``miscore_register_commands`` added
+    commands: list[str] = field(default_factory=list)
 
 
 def split_env_list(value: str | None) -> list[str]:
@@ -84,6 +123,244 @@ def import_local_plugin(spec: str) -> ModuleType:
         raise PluginError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from exc
 
 
+def check_plugin_api(plugin: object, name: str) -> None:
+    """Refuse a plugin that needs another plugin API (``MISCORE_PLUGIN_API``).
+
+    A plugin needing ``M.m`` loads when ``M`` is this miscore's major version and ``m`` is not
+    newer than its minor one. Raises ``PluginError`` with a one-line reason.
+    """
+    needed = getattr(plugin, PLUGIN_API_ATTRIBUTE, None)
+    if needed is None:
+        return
+    wanted = _api_version(str(needed))
+    if wanted is None:
+        raise PluginError(
+            f"plugin {name!r} sets {PLUGIN_API_ATTRIBUTE} = {needed!r}; write the plugin-API "
+            f"version it needs as 'MAJOR.MINOR', e.g. {PLUGIN_API_VERSION!r}"
+        )
+    have = _api_version(PLUGIN_API_VERSION)
+    assert have is not None
+    if wanted[0] == have[0] and wanted[1] <= have[1]:
+        return
+    advice = (
+        "upgrade miscore"
+        if wanted > have
+        else f"install a version of the plugin written for plugin API {have[0]}.x"
+    )
+    raise PluginError(
+        f"plugin {name!r} needs plugin API {needed}, but the installed miscore {__version__} "
+        f"provides plugin API {PLUGIN_API_VERSION}; {advice}"
+    )
+
+
+def _api_version(text: str) -> tuple[int, int] | None:
+    match = re.fullmatch(r"\s*(\d+)\.(\d+)\s*", text)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+# --- isolation: per-implementation wrappers ------------------------------------------------
+
+
+@dataclass
+class _HookCall:
+    """What the wrapped implementations did during one call of an isolated hook."""
+
+    observe: Callable[[], dict[int, str]] | None = None
+    #: (plugin, value) for every value an implementation returned or a wrapper added
+    returned: list[tuple[str, object]] = field(default_factory=list)
+    failures: list[PluginFailure] = field(default_factory=list)
+    #: plugin -> what ``observe`` found new after its implementation ran (command names)
+    added: dict[str, list[str]] = field(default_factory=dict)
+    _before: dict[int, str] = field(default_factory=dict)
+
+    def origin(self, value: object) -> str:
+        """The plugin that returned ``value`` (by identity)."""
+        for plugin, returned in self.returned:
+            if returned is value:
+                return plugin
+        return "unknown"
+
+
+class _HookMonitor:
+    """Receives the reports of the per-implementation wrappers for the current hook call."""
+
+    def __init__(self) -> None:
+        self._calls: list[_HookCall] = []
+        #: failures of isolated implementations called outside the manager's methods
+        self.unclaimed: list[PluginFailure] = []
+
+    def start(self, observe: Callable[[], dict[int, str]] | None = None) -> _HookCall:
+        call = _HookCall(observe=observe)
+        self._calls.append(call)
+        return call
+
+    def stop(self) -> None:
+        self._calls.pop()
+
+    def failed(self, plugin: str, hook: str, exc: BaseException) -> None:
+        failure = PluginFailure(plugin, hook, f"{type(exc).__name__}: {exc}")
+        (self._calls[-1].failures if self._calls else self.unclaimed).append(failure)
+
+    def returned(self, plugin: str, value: object) -> None:
+        if self._calls and value is not None:
+            self._calls[-1].returned.append((plugin, value))
+
+    def wrapped(self, plugin: str, result: object) -> None:
+        """A wrapper's result: the items no implementation returned are the wrapper's."""
+        if not self._calls or not isinstance(result, list):
+            return
+        call = self._calls[-1]
+        for item in result:
+            if not any(value is item for _, value in call.returned):
+                call.returned.append((plugin, item))
+
+    def enter(self, plugin: str) -> None:
+        if self._calls and self._calls[-1].observe is not None:
+            call = self._calls[-1]
+            assert call.observe is not None
+            call._before = call.observe()
+
+    def leave(self, plugin: str) -> None:
+        if self._calls and self._calls[-1].observe is not None:
+            call = self._calls[-1]
+            assert call.observe is not None
+            new = [name for key, name in call.observe().items() if key not in call._before]
+            if new:
+                call.added.setdefault(plugin, []).extend(new)
+
+
+def _isolated_impl(
+    function: Callable[..., Any], plugin: str, hook: str, monitor: _HookMonitor
+) -> Callable[..., Any]:
+    """A plain implementation that records an exception instead of raising it."""
+
+    def isolated(*args: Any, **kwargs: Any) -> Any:
+        monitor.enter(plugin)
+        try:
+            value = function(*args, **kwargs)
+        except Exception as exc:
+            monitor.failed(plugin, hook, exc)
+            return None  # pluggy leaves None out of the results
+        finally:
+            monitor.leave(plugin)
+        monitor.returned(plugin, value)
+        return value
+
+    return isolated
+
+
+def _isolated_wrapper(
+    function: Callable[..., Any],
+    plugin: str,
+    hook: str,
+    monitor: _HookMonitor,
+    *,
+    old_style: bool,
+) -> Callable[..., Generator[None, Any, Any]]:
+    """A ``wrapper=True`` implementation (or an old-style ``hookwrapper`` run as one) whose
+    failing setup or teardown is recorded and skipped: the call goes on without it."""
+
+    def isolated(*args: Any, **kwargs: Any) -> Generator[None, Any, Any]:
+        monitor.enter(plugin)
+        try:
+            teardown = function(*args, **kwargs)
+            next(teardown)
+        except Exception as exc:  # StopIteration included: a wrapper that did not yield
+            monitor.failed(plugin, hook, exc)
+            return (yield)
+        finally:
+            monitor.leave(plugin)
+        if old_style:
+            return (yield from _old_style_teardown(teardown, plugin, hook, monitor))
+        try:
+            result = yield
+        except BaseException as exc:  # not a plugin failure: those never reach here
+            try:
+                teardown.throw(exc)
+            except StopIteration as stop:
+                return stop.value
+            teardown.close()
+            raise RuntimeError(f"plugin {plugin!r}: the {hook} wrapper yields twice") from exc
+        monitor.enter(plugin)
+        try:
+            teardown.send(result)
+        except StopIteration as stop:
+            value = stop.value
+        except Exception as exc:
+            monitor.failed(plugin, hook, exc)
+            return result
+        else:
+            teardown.close()
+            monitor.failed(plugin, hook, RuntimeError("the wrapper yields twice"))
+            return result
+        finally:
+            monitor.leave(plugin)
+        if isinstance(result, list) and not isinstance(value, list):
+            monitor.failed(plugin, hook, TypeError(f"the wrapper returned {value!r}, not a list"))
+            return result
+        monitor.wrapped(plugin, value)
+        return value
+
+    return isolated
+
+
+def _old_style_teardown(
+    teardown: Generator[None, Any, Any], plugin: str, hook: str, monitor: _HookMonitor
+) -> Generator[None, Any, Any]:
+    """The second half of an old-style hookwrapper: it gets a ``pluggy.Result`` to inspect
+    or change (``force_result``), as pluggy gives it."""
+    try:
+        outcome: pluggy.Result[Any] = pluggy.Result((yield), None)
+    except BaseException as exc:
+        outcome = pluggy.Result(None, exc)
+    monitor.enter(plugin)
+    try:
+        teardown.send(outcome)
+    except StopIteration:
+        pass
+    except Exception as exc:
+        monitor.failed(plugin, hook, exc)
+    else:
+        teardown.close()
+        monitor.failed(plugin, hook, RuntimeError("the hookwrapper yields twice"))
+    finally:
+        monitor.leave(plugin)
+    value = outcome.get_result()
+    monitor.wrapped(plugin, value)
+    return value
+
+
+class _RegisteredPlugin:
+    """What pluggy registers for a plugin: its hook implementations, the isolated ones
+    wrapped. pluggy reads the hookimpl options from each function, as for the plugin."""
+
+    def __init__(self, plugin: object, impls: dict[str, Callable[..., Any]]) -> None:
+        self._miscore_plugin = plugin
+        self.__dict__.update(impls)
+
+    def __repr__(self) -> str:
+        return repr(self._miscore_plugin)
+
+
+def _command_names(app: typer.Typer) -> dict[int, str]:
+    """The commands and command groups of a typer app, by identity: id -> name."""
+    names: dict[int, str] = {}
+    for command in app.registered_commands:
+        name = command.name
+        if not isinstance(name, str) and command.callback is not None:
+            name = command.callback.__name__.lower().replace("_", "-")
+        names[id(command)] = str(name)
+    for group in app.registered_groups:
+        name = group.name
+        if not isinstance(name, str) and group.typer_instance is not None:
+            name = group.typer_instance.info.name
+        names[id(group)] = name if isinstance(name, str) else "?"
+    return names
+
+
+# --- the manager ---------------------------------------------------------------------------
+
+
 class PluginManager:
     """Loads plugins and offers typed calls of every hook.
 
@@ -105,6 +382,7 @@ class PluginManager:
     ) -> None:
         self._pm = pluggy.PluginManager("miscore")
         self._pm.add_hookspecs(hookspecs)
+        self._monitor = _HookMonitor()
         self._info: dict[str, PluginInfo] = {}
         self._failures: list[PluginFailure] = []
         self._registry: Registry | None = None
@@ -131,17 +409,22 @@ class PluginManager:
         """Register a plugin object (usually a module) and return the name it got.
 
         Raises ``PluginError`` when it implements a hook wrongly (misspelled name or
-        arguments the spec does not have).
+        arguments the spec does not have) or needs another plugin API
+        (``MISCORE_PLUGIN_API``).
         """
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
         if self._pm.is_blocked(name):
             return name
+        check_plugin_api(plugin, name)
+        if self.is_registered(name):
+            raise PluginError(f"plugin {name!r} is already registered")
+        registered = self._registered_plugin(plugin, name)
         try:
-            self._pm.register(plugin, name)
+            self._pm.register(registered, name)
             self._pm.check_pending()
         except Exception as exc:
-            if self._pm.is_registered(plugin):
-                self._pm.unregister(plugin)
+            if self._pm.is_registered(registered):
+                self._pm.unregister(registered)
             raise PluginError(f"plugin {name!r} is invalid: {exc}") from exc
         module = getattr(plugin, "__name__", type(plugin).__module__)
         self._info[name] = PluginInfo(
@@ -153,11 +436,42 @@ class PluginManager:
         self._registry = None
         return name
 
+    def _registered_plugin(self, plugin: object, name: str) -> _RegisteredPlugin:
+        """The object pluggy registers for ``plugin``: isolated hooks wrapped."""
+        impls: dict[str, Callable[..., Any]] = {}
+        for attr in dir(plugin):
+            opts = self._pm.parse_hookimpl_opts(plugin, attr)
+            if opts is None:
+                continue
+            function: Callable[..., Any] = getattr(plugin, attr)
+            hook = opts.get("specname") or attr
+            if hook in ISOLATED_HOOKS:
+                function = self._isolate(function, dict(opts), name, hook)
+            impls[attr] = function
+        return _RegisteredPlugin(plugin, impls)
+
+    def _isolate(
+        self, function: Callable[..., Any], opts: dict[str, Any], plugin: str, hook: str
+    ) -> Callable[..., Any]:
+        is_wrapper = bool(opts.get("wrapper") or opts.get("hookwrapper"))
+        if is_wrapper and not inspect.isgeneratorfunction(function):
+            return function  # pluggy refuses it at registration, with its own message
+        isolated: Callable[..., Any]
+        if is_wrapper:
+            old_style = bool(opts.get("hookwrapper"))
+            isolated = _isolated_wrapper(function, plugin, hook, self._monitor, old_style=old_style)
+            opts = {**opts, "wrapper": True, "hookwrapper": False}  # run as a new-style wrapper
+        else:
+            isolated = _isolated_impl(function, plugin, hook, self._monitor)
+        functools.update_wrapper(isolated, function)  # pluggy reads argument names through it
+        setattr(isolated, _IMPL_MARKER, opts)
+        return isolated
+
     def unregister(self, name: str) -> None:
         """Remove a plugin by name (no error when it is not registered)."""
-        plugin = self._pm.get_plugin(name)
-        if plugin is not None:
-            self._pm.unregister(plugin)
+        registered = self._pm.get_plugin(name)
+        if registered is not None:
+            self._pm.unregister(registered)
         self._info.pop(name, None)
         self._registry = None
 
@@ -195,6 +509,26 @@ class PluginManager:
         self.register(module, name)
         self._info[name].source = "local"
 
+    # --- calling isolated hooks ---------------------------------------------------------
+
+    def _call_isolated(
+        self,
+        hook_name: str,
+        observe: Callable[[], dict[int, str]] | None = None,
+        **kwargs: Any,
+    ) -> tuple[list[tuple[str, Any]], _HookCall]:
+        """Call an isolated hook through pluggy.
+
+        Returns ``(plugin, value)`` for each value in the hook's result, in pluggy's call
+        order, and the call's record (failures, what ``observe`` saw each plugin add).
+        """
+        call = self._monitor.start(observe)
+        try:
+            results = getattr(self._pm.hook, hook_name)(**kwargs)
+        finally:
+            self._monitor.stop()
+        return [(call.origin(value), value) for value in results], call
+
     # --- the registry -------------------------------------------------------------------
 
     @property
@@ -205,19 +539,20 @@ class PluginManager:
         return self._registry
 
     def _build_registry(self) -> Registry:
-        components: list[ComponentInfo] = []
         failures = list(self._failures)
-        owners: dict[tuple[str, str], str] = {}
+        components: list[ComponentInfo] = []
+        shadowed: list[ShadowedComponent] = []
         for info in self._info.values():
             info.components = {}
         for kind, hook_name in REGISTRATION_HOOKS.items():
-            caller = getattr(self._pm.hook, hook_name)
-            # Call each plugin on its own so that one that raises cannot take the others down.
-            for impl in caller.get_hookimpls():  # registration order: the first one wins
-                plugin_name = impl.plugin_name
+            returned, call = self._call_isolated(hook_name)
+            failures.extend(call.failures)
+            winners: dict[str, ComponentInfo] = {}
+            for plugin_name, value in returned:  # pluggy's call order: the first one wins
                 try:
-                    returned = impl.function() or []
-                    classes = [check_component_class(kind, c) for c in returned]
+                    if not isinstance(value, list | tuple):
+                        raise TypeError(f"returned {value!r}, not a list of classes")
+                    classes = [check_component_class(kind, c) for c in value]
                 except Exception as exc:
                     failures.append(
                         PluginFailure(plugin_name, hook_name, f"{type(exc).__name__}: {exc}")
@@ -225,49 +560,43 @@ class PluginManager:
                     continue
                 owner_info = self._info.get(plugin_name)
                 for cls in classes:
-                    owner = owners.get((kind, cls.name))
-                    if owner is not None and owner != plugin_name:
-                        failures.append(
-                            PluginFailure(
-                                plugin_name,
-                                hook_name,
-                                f"{kind} {cls.name!r} is already registered by plugin "
-                                f"{owner!r}; disable one of them with {DISABLE_ENV}",
+                    winner = winners.get(cls.name)
+                    if winner is not None:
+                        if winner.plugin != plugin_name:
+                            shadowed.append(
+                                ShadowedComponent(kind, cls.name, plugin_name, winner.plugin)
                             )
-                        )
                         continue
-                    owners[(kind, cls.name)] = plugin_name
-                    components.append(
-                        ComponentInfo(
-                            kind=kind,
-                            name=cls.name,
-                            cls=cls,
-                            plugin=plugin_name,
-                            version=owner_info.version if owner_info else "unknown",
-                        )
+                    winners[cls.name] = record = ComponentInfo(
+                        kind=kind,
+                        name=cls.name,
+                        cls=cls,
+                        plugin=plugin_name,
+                        version=owner_info.version if owner_info else "unknown",
                     )
+                    components.append(record)
                     if owner_info is not None:
                         owner_info.components.setdefault(kind, []).append(cls.name)
         defaults = self._merged("miscore_defaults", failures)
         formats = self._merged("miscore_register_output_formats", failures)
-        return Registry(components, failures, defaults=defaults, output_formats=formats)
+        failures.extend(self._monitor.unclaimed)
+        return Registry(
+            components, failures, defaults=defaults, output_formats=formats, shadowed=shadowed
+        )
 
     def _merged(self, hook_name: str, failures: list[PluginFailure]) -> dict[str, Any]:
-        """Merge the dicts a hook's implementations return: the first to give a key wins."""
+        """Merge the dicts a hook's implementations return: the first in pluggy's call
+        order to give a key wins."""
+        returned, call = self._call_isolated(hook_name)
+        failures.extend(call.failures)
         merged: dict[str, Any] = {}
-        caller = getattr(self._pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # pluggy's call order
-            try:
-                returned = impl.function() or {}
-                if not isinstance(returned, dict):
-                    raise TypeError(f"returned {type(returned).__name__}, not a dict")
-            except Exception as exc:
-                failures.append(
-                    PluginFailure(impl.plugin_name, hook_name, f"{type(exc).__name__}: {exc}")
-                )
+        for plugin_name, value in returned:
+            if not isinstance(value, dict):
+                message = f"TypeError: returned {type(value).__name__}, not a dict"
+                failures.append(PluginFailure(plugin_name, hook_name, message))
                 continue
-            for key, value in returned.items():
-                merged.setdefault(key, value)
+            for key, item in value.items():
+                merged.setdefault(key, item)
         return merged
 
     # --- introspection ------------------------------------------------------------------
@@ -293,19 +622,17 @@ class PluginManager:
 
     def register_commands(self, app: typer.Typer) -> None:
         """Let each plugin add commands; one that raises is recorded, not fatal, so that
-        ``miscore plugins`` can still show what is wrong."""
-        for impl in self._pm.hook.miscore_register_commands.get_hookimpls():
-            try:
-                impl.function(app=app)
-            except Exception as exc:
-                self._failures.append(
-                    PluginFailure(
-                        impl.plugin_name,
-                        "miscore_register_commands",
-                        f"{type(exc).__name__}: {exc}",
-                    )
-                )
-                self._registry = None
+        ``miscore plugins`` can still show what is wrong. ``PluginInfo.commands`` lists
+        what each added."""
+        _, call = self._call_isolated(
+            "miscore_register_commands", observe=lambda: _command_names(app), app=app
+        )
+        for plugin_name, names in call.added.items():
+            if plugin_name in self._info:
+                self._info[plugin_name].commands.extend(names)
+        if call.failures:
+            self._failures.extend(call.failures)
+            self._registry = None
 
     def configure(self, config: Config) -> None:
         self._pm.hook.miscore_configure(config=config, registry=self.registry)
@@ -315,3 +642,23 @@ class PluginManager:
 
     def prediction_written(self, case_id: str, path: Path, prediction: Volume) -> None:
         self._pm.hook.miscore_prediction_written(case_id=case_id, path=path, prediction=prediction)
+
+    def plan_choices(self, ndim: int, thick_axis: int | None) -> dict[str, Any]:
+        """The planner's components, merged from ``miscore_plan_choices`` in pluggy's call
+        order: the first plugin to give a key wins. ``reasons`` merge per config path, taken
+        only from plugins with a choice in the result (an overridden choice's reason is
+        dropped with it)."""
+        results = self._pm.hook.miscore_plan_choices(ndim=ndim, thick_axis=thick_axis)
+        merged: dict[str, Any] = {}
+        reasons: dict[str, str] = {}
+        for returned in results:
+            choices = {key: value for key, value in returned.items() if key != "reasons"}
+            won = [key for key in choices if key not in merged]
+            if choices and not won:
+                continue
+            for key in won:
+                merged[key] = choices[key]
+            for path, why in (returned.get("reasons") or {}).items():
+                reasons.setdefault(path, why)
+        merged["reasons"] = reasons
+        return merged

@@ -50,6 +50,26 @@ class PluginFailure:
         return f"plugin {self.plugin!r} failed at {self.stage}: {self.message}"
 
 
+@dataclass(frozen=True)
+class ShadowedComponent:
+    """A component name two plugins register: ``by`` wins, ``plugin``'s class is unused.
+
+    The winner is the implementation pluggy calls first: ``tryfirst``, then plain, then
+    ``trylast``; among equals the plugin registered later.
+    """
+
+    kind: str
+    name: str
+    plugin: str
+    by: str
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind} {self.name!r} of plugin {self.plugin!r} is shadowed by plugin "
+            f"{self.by!r} (called first by pluggy)"
+        )
+
+
 def format_location(loc: Sequence[int | str]) -> str:
     """``('preprocessing', 1, 'min')`` -> ``preprocessing[1].min``."""
     out = ""
@@ -81,11 +101,14 @@ class Registry:
         *,
         defaults: Mapping[str, Any] | None = None,
         output_formats: Mapping[str, Mapping[str, Any]] | None = None,
+        shadowed: Sequence[ShadowedComponent] = (),
     ) -> None:
         self._by_kind: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in KINDS}
         for info in components:
             self._by_kind[info.kind][info.name] = info
         self.failures: tuple[PluginFailure, ...] = tuple(failures)
+        #: components that lost a name clash to another plugin's (not errors)
+        self.shadowed: tuple[ShadowedComponent, ...] = tuple(shadowed)
         #: what a config leaves out (``miscore_defaults``): architecture, loss, augmentation
         self.defaults: dict[str, Any] = dict(defaults or {})
         #: ``--format`` names: format -> IO entry ``{name, **params}``
@@ -110,28 +133,41 @@ class Registry:
         raise ComponentNotFoundError(self._missing_message(kind, name))
 
     def get(self, kind: str, name: str) -> type[Component]:
+        """The class registered as ``name`` of ``kind`` (typed as ``Component``)."""
         return self.info(kind, name).cls
 
+    def get_typed(self, base: type[C], name: str) -> type[C]:
+        """The class registered as ``name`` of the kind whose base class is ``base``.
+
+        ``registry.get_typed(miscore.Sampler, "uniform")`` is typed ``type[Sampler]``.
+        """
+        cls = self.get(base.kind, name)
+        if not issubclass(cls, base):  # the registry checks classes; a kind's base is fixed
+            raise TypeError(f"{base.kind} {name!r} is {cls!r}, not a {base.__name__}")
+        return cls
+
+    # The kinds the kernel looks up most, by name (the same lookup as ``get_typed``).
+
     def get_io(self, name: str) -> type[ImageIO]:
-        return self._typed("io", name, ImageIO)
+        return self.get_typed(ImageIO, name)
 
     def get_subfunction(self, name: str) -> type[Subfunction]:
-        return self._typed("subfunction", name, Subfunction)
+        return self.get_typed(Subfunction, name)
 
     def get_augmentation(self, name: str) -> type[Augmentation]:
-        return self._typed("augmentation", name, Augmentation)
+        return self.get_typed(Augmentation, name)
 
     def get_architecture(self, name: str) -> type[Architecture]:
-        return self._typed("architecture", name, Architecture)
+        return self.get_typed(Architecture, name)
 
     def get_loss(self, name: str) -> type[Loss]:
-        return self._typed("loss", name, Loss)
+        return self.get_typed(Loss, name)
 
     def get_metric(self, name: str) -> type[Metric]:
-        return self._typed("metric", name, Metric)
+        return self.get_typed(Metric, name)
 
     def get_evaluator(self, name: str) -> type[Evaluator]:
-        return self._typed("evaluator", name, Evaluator)
+        return self.get_typed(Evaluator, name)
 
     # --- creation -----------------------------------------------------------------------
 
@@ -166,13 +202,26 @@ class Registry:
             prefix = f"{where}.{name}" if where else name
             raise ConfigError(format_validation_error(exc, prefix)) from None
 
-    def io_for(self, path: Path) -> ImageIO:
-        """The first registered IO component that can read ``path``."""
-        for info in self.components("io"):
-            io = info.cls()
-            assert isinstance(io, ImageIO)
+    def readers(self) -> list[type[ImageIO]]:
+        """The IO classes in the order they are asked for a file: the highest ``priority``
+        first, ties by name."""
+        classes = [self.get_io(name) for name in self.names("io")]
+        return sorted(classes, key=lambda cls: (-cls.priority, cls.name))
+
+    def reader_for(self, path: Path) -> ImageIO | None:
+        """The IO that reads ``path``: of those whose ``can_read`` says yes, the one with the
+        highest ``priority``, ties by name; None when none can."""
+        for cls in self.readers():
+            io = cls()
             if io.can_read(path):
                 return io
+        return None
+
+    def io_for(self, path: Path) -> ImageIO:
+        """The IO that reads ``path`` (see ``reader_for``); ``InputError`` when none can."""
+        io = self.reader_for(path)
+        if io is not None:
+            return io
         if not path.exists():
             raise InputError(f"{path}: no such file or folder")
         known = sorted({s for i in self.components("io") for s in getattr(i.cls, "suffixes", ())})
@@ -187,11 +236,6 @@ class Registry:
         if kind not in self._by_kind:
             raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
         return self._by_kind[kind]
-
-    def _typed(self, kind: str, name: str, base: type[C]) -> type[C]:
-        cls = self.get(kind, name)
-        assert issubclass(cls, base)
-        return cls
 
     def _missing_message(self, kind: str, name: str) -> str:
         installed = self.names(kind)

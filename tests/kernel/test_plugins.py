@@ -139,8 +139,27 @@ def test_two_plugins_registering_one_name_is_reported(plugin_manager: PluginMana
     plugin_manager.register(Steps(), "steps")
     plugin_manager.register(Duplicate(), "dupe")
     registry = plugin_manager.registry
-    assert registry.info("subfunction", "clip").plugin == "steps"
-    assert "already registered by plugin 'steps'" in registry.failures[0].message
+    # pluggy calls the plugin registered later first, and the first call wins
+    assert registry.info("subfunction", "clip").plugin == "dupe"
+    assert registry.info("subfunction", "zscore").plugin == "steps"
+    assert [str(s) for s in registry.shadowed] == [
+        "subfunction 'clip' of plugin 'steps' is shadowed by plugin 'dupe' (called first by pluggy)"
+    ]
+    assert registry.failures == ()
+
+
+def test_registering_one_plugin_name_twice_is_refused(plugin_manager: PluginManager) -> None:
+    plugin_manager.register(Steps(), "steps")
+    with pytest.raises(miscore.PluginError, match="'steps' is already registered"):
+        plugin_manager.register(Duplicate(), "steps")
+
+
+def test_the_typed_lookup_serves_every_kind(plugin_manager: PluginManager) -> None:
+    plugin_manager.register(Steps(), "steps")
+    registry = plugin_manager.registry
+    assert registry.get_typed(miscore.Subfunction, "clip") is Clip
+    with pytest.raises(miscore.ComponentNotFoundError, match="no sampler named 'clip'"):
+        registry.get_typed(miscore.Sampler, "clip")
 
 
 def test_unregister_removes_the_components(plugin_manager: PluginManager) -> None:
