@@ -79,7 +79,7 @@ class ImageIO(Component):
 
     kind = "io"
     #: which reader wins a file several can read: the highest priority, ties by name; the
-    #: bundled readers use 0 (SimpleITK's catch-all reader -10), so a plugin that sets 10
+    #: bundled readers use 0 (their endings do not overlap), so a plugin that sets 10
     #: reads ``.nii.gz`` before the bundled ``nifti`` reader
     priority: ClassVar[int] = 0
     suffixes: ClassVar[tuple[str, ...]] = ()
