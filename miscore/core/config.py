@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     StrictBool,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -149,10 +150,16 @@ class TrainingConfig(Section):
         "samples, so few cases mean few steps (planned configs set it: nnU-Net uses 250)",
     )
     learning_rate: float = Field(1e-3, gt=0, description="the optimizer's initial rate")
-    lr_schedule: Literal["constant", "poly"] = Field(
-        "constant",
-        description="poly: the rate falls as (1 - step / all steps) ** 0.9 to 0 at the last "
-        "step (nnU-Net); constant: it stays (reduce_lr_patience may still halve it)",
+    lr_schedule: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="constant"),
+        description="the rate of every step, a registered lr_schedule: poly falls as "
+        "(1 - step / all steps) ** 0.9 to 0 at the last step (nnU-Net); constant stays "
+        "(reduce_lr_patience may still halve it)",
+    )
+    callbacks: list[ComponentSpec] = Field(
+        default_factory=list,
+        description="registered Keras callbacks added to the fit, e.g. "
+        "[{name: time_limit, minutes: 60}]",
     )
     optimizer: Literal["adam", "adamw", "sgd"] = Field(
         "adam", description="adam, adamw, or sgd with momentum 0.99"
@@ -185,11 +192,16 @@ class TrainingConfig(Section):
         None, description="devices for MirroredStrategy, e.g. ['/gpu:0', '/gpu:1']"
     )
 
+    @field_serializer("lr_schedule")
+    def _name_when_plain(self, spec: ComponentSpec) -> str | dict[str, Any]:
+        """A schedule without params is written as its name (``lr_schedule: poly``)."""
+        return spec.name if not spec.params else {"name": spec.name, **spec.params}
+
     @model_validator(mode="after")
     def _one_rate_rule(self) -> TrainingConfig:
-        if self.lr_schedule != "constant" and self.reduce_lr_patience is not None:
+        if self.lr_schedule.name != "constant" and self.reduce_lr_patience is not None:
             raise ValueError(
-                f"lr_schedule {self.lr_schedule!r} sets the rate of every step; "
+                f"lr_schedule {self.lr_schedule.name!r} sets the rate of every step; "
                 "reduce_lr_patience cannot change it too: leave one of them out"
             )
         return self
@@ -213,6 +225,11 @@ class InferenceConfig(Section):
         "validation folds",
     )
     threshold: float = Field(0.5, gt=0.0, lt=1.0, description="binary sigmoid threshold")
+    postprocessing: list[ComponentSpec] = Field(
+        default_factory=list,
+        description="registered postprocessors run in order on each label map after "
+        "keep_largest, e.g. [{name: remove_small, min_voxels: 50}, fill_holes]",
+    )
 
     @field_validator("keep_largest", mode="before")
     @classmethod

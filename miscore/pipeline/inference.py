@@ -4,6 +4,9 @@
 label map on the case's own grid; ``predict(model_dir, inputs, out)`` writes one file per case
 with the input's IO plugin and geometry, so a prediction overlays its image in any viewer.
 
+On the case's grid the label map is postprocessed before it is returned (and written):
+``inference.keep_largest`` first, then the ``inference.postprocessing`` components in order.
+
 Memory stays bounded: per-class sums are float32 (``SlidingWindow(accumulate=np.float16)``
 halves them; not a config option yet), the argmax runs in slabs, and the final label map is
 uint8/uint16; no float64 copy of the whole output is made.
@@ -21,9 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from miscore.core.components import ImageIO, Subfunction
+from miscore.core.components import ImageIO, Postprocessor, Subfunction
 from miscore.core.config import Config
-from miscore.core.errors import InputError
+from miscore.core.errors import InputError, PipelineError
 from miscore.core.labels import label_dtype
 from miscore.core.volume import Case, Volume
 from miscore.data.preprocess import build_steps, postprocess_prediction, preprocess_case
@@ -229,6 +232,39 @@ class Predictor:
         """``(*spatial, C)`` preprocessed image -> ``(*spatial, K)`` scores (argmax: class)."""
         return self.sliding_window(image.shape[:-1], overlap, blend, tta)(image)
 
+    @functools.cached_property
+    def postprocessors(self) -> list[Postprocessor]:
+        """The ``inference.postprocessing`` components, in order."""
+        registry = self.plugins.registry
+        return [
+            registry.create("postprocessor", spec, f"inference.postprocessing[{index}]")
+            for index, spec in enumerate(self.config.inference.postprocessing)
+        ]
+
+    def postprocess(
+        self, prediction: Volume, keep_largest: bool | list[int] | None = None
+    ) -> Volume:
+        """A label map on the case's grid after ``inference.keep_largest`` (or the
+        ``keep_largest`` given) and then each of ``inference.postprocessing``."""
+        inference = self.config.inference
+        if keep_largest is not None:
+            inference = inference.model_copy(update={"keep_largest": keep_largest})
+        kept = inference.largest_component_classes(self.config.data.classes)
+        if kept:
+            prediction = prediction.with_array(keep_largest_component(prediction.array, kept))
+        n_classes = self.info.n_classes
+        for postprocessor in self.postprocessors:
+            changed = postprocessor.apply(prediction, n_classes)
+            if not isinstance(changed, Volume) or changed.array.shape != prediction.array.shape:
+                shape = getattr(getattr(changed, "array", None), "shape", type(changed).__name__)
+                raise PipelineError(
+                    f"postprocessor {postprocessor.name!r} returned {shape}; a postprocessor "
+                    f"returns a label Volume of the prediction's shape {prediction.array.shape}"
+                )
+            array = changed.array.astype(prediction.array.dtype, copy=False)
+            prediction = Volume(array, prediction.affine, prediction.meta)
+        return prediction
+
     def predict_case(
         self,
         case: Case,
@@ -242,8 +278,8 @@ class Predictor:
         """Predict one case; returns the label map on the case's grid (and probabilities).
 
         ``overlap``, ``blend``, ``tta`` and ``keep_largest`` override the config's
-        ``inference`` settings. The largest components are kept on the case's grid: the
-        label map as written and scored (and as ``miscore cv`` decided them).
+        ``inference`` settings. The label map is postprocessed on the case's grid
+        (``postprocess``): as written and scored (and as ``miscore cv`` decided it).
         """
         ready = preprocess_case(case, self.steps, training=False)
         channels = self.info.input_shape[-1]
@@ -256,14 +292,9 @@ class Predictor:
         scores = self.class_scores(image, overlap, blend, tta)
         label = labels_from_scores(scores, self.config.inference.threshold)
         on_grid = postprocess_prediction(ready.image.with_array(label), ready, self.steps)
-        inference = self.config.inference
-        if keep_largest is not None:
-            inference = inference.model_copy(update={"keep_largest": keep_largest})
-        array = on_grid.array
-        kept = inference.largest_component_classes(self.config.data.classes)
-        if kept:
-            array = keep_largest_component(array, kept)
-        prediction = Volume(array, case.image.affine, dict(case.image.meta))
+        prediction = self.postprocess(
+            Volume(on_grid.array, case.image.affine, dict(case.image.meta)), keep_largest
+        )
         probs: Volume | None = None
         if with_probabilities:
             back = postprocess_prediction(
@@ -320,7 +351,7 @@ def load_ensemble(
                 f"{first.model_dir} predicts {first.info.n_classes}"
             )
     return EnsemblePredictor(
-        first.model, first.config, first.info, first.steps, plugins, cv_dir, predictors
+        first.model, first.config, first.info, first.steps, plugins, cv_dir, members=predictors
     )
 
 
@@ -337,10 +368,12 @@ def load_model(model_dir: Path | str, plugins: PluginManager | None = None) -> P
     info = folder.info()
     config = folder.config()
     plugins = plugins or PluginManager()
-    check_plugins(info, plugins)
+    check_plugins(info, plugins, config)
     model = load_keras_model(folder.model_file, custom_objects(config, plugins), compile=False)
     steps = build_steps(config.preprocessing, plugins.registry)
-    return Predictor(model, config, info, steps, plugins, folder.path)
+    predictor = Predictor(model, config, info, steps, plugins, folder.path)
+    _ = predictor.postprocessors  # a wrong name or parameter fails now, not after a case
+    return predictor
 
 
 @dataclass

@@ -4,7 +4,8 @@ Layout::
 
     model.keras            the model to predict with (the best epoch when validating)
     config.yaml            the resolved config: every component with all its params
-    miscore.json           format, miscore and plugin versions, components, shapes, classes
+    miscore.json           format, miscore and plugin versions, every component used (with
+                           its plugin and version), shapes, classes
     fingerprint.json       the dataset fingerprint, when it was computed
     history.tsv            every metric per epoch (MIScnn's fitting-evaluation log)
     curves.png             the learning curves
@@ -46,7 +47,13 @@ STATE_FILE = "state.json"
 
 
 class ComponentRecord(BaseModel):
-    """Which plugin provided a component the model depends on."""
+    """Which plugin provided a component the model was made with.
+
+    ``kind`` is a component kind (``io``, ``layout``, ``subfunction``, ``augmentation``,
+    ``architecture``, ``loss``, ``lr_schedule``, ``callback``, ``postprocessor``,
+    ``evaluator``...); folders written before every kind was recorded list only the
+    architecture, loss and subfunctions, and read as they are.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -143,10 +150,22 @@ class ModelDir:
             )
 
 
-def check_plugins(info: ModelInfo, plugins: PluginManager) -> None:
-    """Raise a clear error naming the plugin to install when a component is missing."""
+#: the kinds of recorded components a prediction needs (the others made the model: readers,
+#: augmentations, schedules, callbacks, evaluators); postprocessors while the config lists them
+PREDICTION_KINDS = frozenset({"architecture", "loss", "subfunction"})
+
+
+def check_plugins(info: ModelInfo, plugins: PluginManager, config: Config | None = None) -> None:
+    """Raise a clear error naming the plugin to install when a component that predictions
+    need is missing: ``PREDICTION_KINDS``, and the postprocessors ``config`` still lists."""
     registry = plugins.registry
+    listed = {p.name for p in config.inference.postprocessing} if config is not None else set()
     for record in info.components:
+        wanted = record.kind in PREDICTION_KINDS or (
+            record.kind == "postprocessor" and record.name in listed
+        )
+        if not wanted:
+            continue
         try:
             registry.info(record.kind, record.name)
         except ComponentNotFoundError:

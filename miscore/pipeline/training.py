@@ -33,6 +33,7 @@ from miscore.pipeline.modeldir import (
     ComponentRecord,
     ModelDir,
     ModelInfo,
+    custom_objects,
     load_keras_model,
     save_keras_model,
 )
@@ -41,7 +42,9 @@ if TYPE_CHECKING:
     import keras
 
     from miscore.cache import CachedCase
+    from miscore.core.components import Augmentation
     from miscore.core.plugins import PluginManager
+    from miscore.data.dataset import Dataset
     from miscore.pipeline.loader import PatchLoader
     from miscore.pipeline.modecheck import ModeCheck
 
@@ -80,26 +83,20 @@ def build_loss(config: Config, plugins: PluginManager, n_classes: int) -> Any:
         ) from None
 
 
-def learning_rate(config: Config, total_steps: int) -> Any:
-    """The configured rate: a number, or a Keras schedule over the run's ``total_steps``.
+def learning_rate(config: Config, plugins: PluginManager, total_steps: int) -> Any:
+    """The rate of ``training.lr_schedule`` (a registered component) over ``total_steps``.
 
-    ``poly`` is nnU-Net's ``lr * (1 - step / total) ** 0.9``, a built-in Keras schedule, so
-    it is saved in ``model.keras`` and a resumed run continues it from the optimizer's step.
+    A float is a constant rate; a Keras ``LearningRateSchedule`` is saved with the optimizer
+    in ``model.keras``, so a resumed run continues it from the optimizer's step (the bundled
+    ``poly`` is nnU-Net's ``lr * (1 - step / total) ** 0.9``, a built-in Keras schedule).
     """
-    import keras
-
-    training = config.training
-    if training.lr_schedule == "poly":
-        return keras.optimizers.schedules.PolynomialDecay(
-            training.learning_rate,
-            decay_steps=max(1, total_steps),
-            end_learning_rate=0.0,
-            power=0.9,
-        )
-    return training.learning_rate
+    schedule = plugins.registry.create(
+        "lr_schedule", config.training.lr_schedule, "training.lr_schedule"
+    )
+    return schedule.build(config.training.learning_rate, total_steps)
 
 
-def build_optimizer(config: Config, total_steps: int = 1) -> Any:
+def build_optimizer(config: Config, plugins: PluginManager, total_steps: int = 1) -> Any:
     """The configured optimizer; ``total_steps`` (epochs x steps) sizes a rate schedule."""
     import keras
 
@@ -108,7 +105,8 @@ def build_optimizer(config: Config, total_steps: int = 1) -> Any:
         "adamw": keras.optimizers.AdamW,
         "sgd": lambda learning_rate: keras.optimizers.SGD(learning_rate, momentum=0.99),
     }
-    return optimizers[config.training.optimizer](learning_rate=learning_rate(config, total_steps))
+    rate = learning_rate(config, plugins, total_steps)
+    return optimizers[config.training.optimizer](learning_rate=rate)
 
 
 def distribution_strategy(config: Config) -> Any:
@@ -153,7 +151,7 @@ def compile_model(
     total_steps: int = 1,
 ) -> None:
     model.compile(
-        optimizer=build_optimizer(config, total_steps),
+        optimizer=build_optimizer(config, plugins, total_steps),
         loss=build_loss(config, plugins, n_classes),
         metrics=list(config.model.metrics),
     )
@@ -282,13 +280,7 @@ def make_recorder(
                 save_keras_model(self.model, model_dir.model_file)
             model_dir.last_checkpoint.parent.mkdir(parents=True, exist_ok=True)
             save_keras_model(self.model, model_dir.last_checkpoint)
-            state: dict[str, Any] = {"epoch": epoch + 1, "best": self.best, "monitor": monitor}
-            for name, callback in (schedules or {}).items():
-                state[name] = {
-                    "wait": int(callback.wait),
-                    "best": float(callback.best),
-                    "stopped": bool(getattr(self.model, "stop_training", False)),
-                }
+            state = resume_state(epoch + 1, self.best, monitor, schedules or {})
             write_text_atomic(model_dir.state_file, json.dumps(state) + "\n")
             seconds = time.perf_counter() - self.started
             shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
@@ -296,6 +288,23 @@ def make_recorder(
             plugins.epoch_end(epoch=epoch + 1, logs=values, model_dir=model_dir.path)
 
     return EpochRecorder()
+
+
+def resume_state(
+    epoch: int, best: float | None, monitor: str, schedules: dict[str, Any]
+) -> dict[str, Any]:
+    """``checkpoints/state.json``: the epoch finished, the best value, the schedules' counters.
+
+    ``stopped`` is set only by a schedule that stopped the run itself (early stopping), not
+    by another callback (``time_limit``): such a run is continued by ``--resume``."""
+    state: dict[str, Any] = {"epoch": epoch, "best": best, "monitor": monitor}
+    for name, callback in schedules.items():
+        state[name] = {
+            "wait": int(callback.wait),
+            "best": float(callback.best),
+            "stopped": int(getattr(callback, "stopped_epoch", 0) or 0) > 0,
+        }
+    return state
 
 
 def resumable(callback_class: Any) -> Any:
@@ -357,6 +366,18 @@ def make_progress(steps: int, total_epochs: int) -> Any:
 # --- the fit ------------------------------------------------------------------------------
 
 
+@dataclass
+class FitStart:
+    """Where a fit starts: a new model, or the checkpoint of an interrupted run."""
+
+    model: Any
+    initial_epoch: int = 0
+    best: float | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    #: ``checkpoints/state.json`` of the run resumed (the schedules' counters); ``{}`` if new
+    saved: dict[str, Any] = field(default_factory=dict)
+
+
 def fit_model(
     config: Config,
     plugins: PluginManager,
@@ -374,7 +395,7 @@ def fit_model(
 
     Args:
         config: the validated config.
-        plugins: where the architecture and loss come from.
+        plugins: where the architecture, loss, rate schedule and callbacks come from.
         loader: the training batches; ``loader.epoch_batches(epoch)`` yields ``(x, y)``.
         validation: fixed validation patches ``(x, y)`` or None.
         model_dir: where everything is written.
@@ -391,100 +412,137 @@ def fit_model(
     # the best model is the one that predicts best in inference mode on fixed patches; the
     # schedules (plateau, early stopping) keep watching the loss Keras logs
     select = INFERENCE_COLUMN if check is not None else monitor
-    total_steps = total * loader.steps_per_epoch
-    history: list[dict[str, float]] = []
-    best: float | None = None
-    initial_epoch = 0
     keras.utils.set_random_seed(config.training.seed)
     strategy = distribution_strategy(config)
     if strategy is not None:
         log(f"distributing over {strategy.num_replicas_in_sync} devices (MirroredStrategy)")
+        if check is not None:
+            check.distributed = True  # variables are per device under a strategy
     scope: Any = strategy.scope() if strategy is not None else contextlib.nullcontext()
-
-    registry = plugins.registry
-    objects: dict[str, Any] = {}
-    architecture = registry.create("architecture", config.model.architecture, "model.architecture")
-    objects.update(architecture.custom_objects())
-    if config.model.loss_entry.name in registry.names("loss"):
-        objects.update(registry.create("loss", config.model.loss).custom_objects())
-
-    saved: dict[str, Any] = {}
-    if resume and folder.state_file.is_file():
-        state = json.loads(folder.state_file.read_text(encoding="utf-8"))
-        saved = state
-        initial_epoch = int(state["epoch"])
-        best = state.get("best")
-        history = [r for r in read_history(folder.history_file) if r["epoch"] <= initial_epoch]
-        with scope, precision_policy(config):
-            # compile=True restores the optimizer with its state, and the loss
-            model = load_keras_model(folder.last_checkpoint, objects, compile=True)
-            if getattr(model, "optimizer", None) is None:
-                compile_model(model, config, plugins, info.n_classes, total_steps)
-        log(f"resuming after epoch {initial_epoch} from {folder.last_checkpoint}")
-    else:
-        if resume:
-            log(f"nothing to resume in {model_dir}: starting from epoch 1")
-        else:
-            refuse_used_folder(folder)
-        with scope, precision_policy(config):
-            model = architecture.build(info.input_shape, info.n_classes)
-            compile_model(model, config, plugins, info.n_classes, total_steps)
-    if initial_epoch >= total:
-        log(f"already trained for {initial_epoch} epochs (asked for {total})")
-        return TrainResult(folder.path, history, initial_epoch, best, select)
-
-    folder.write_metadata(config, info)
-    schedules: dict[str, Any] = {}
-    if config.training.reduce_lr_patience:
-        schedules["reduce_lr"] = resumable(keras.callbacks.ReduceLROnPlateau)(
-            saved.get("reduce_lr"),
-            monitor=monitor,
-            factor=0.5,
-            patience=config.training.reduce_lr_patience,
-        )
-    if config.training.early_stopping:
-        schedules["early_stopping"] = resumable(keras.callbacks.EarlyStopping)(
-            saved.get("early_stopping"), monitor=monitor, patience=config.training.early_stopping
-        )
-    if saved.get("early_stopping", {}).get("stopped"):
-        log(f"early stopping ended this run after epoch {initial_epoch}: nothing to resume")
-        return TrainResult(folder.path, history, initial_epoch, best, select)
-    callbacks: list[Any] = list(schedules.values())
-    if progress:
-        callbacks.append(make_progress(loader.steps_per_epoch, total))
-    if check is not None and strategy is not None:
-        check.distributed = True  # variables are per device under a strategy
-    callbacks.append(make_recorder(folder, plugins, history, select, best, log, schedules, check))
-    steps = loader.steps_per_epoch
-    batches: Any = loader.forever(initial_epoch)
-    validation_data: Any = validation
-    outputs = len(model.outputs)
-    batches = per_head(batches, outputs)
-    if outputs > 1 and validation is not None:
-        validation_data = (validation[0], (validation[1],) * outputs)
     try:
-        model.fit(
-            batches,
-            steps_per_epoch=steps,
-            epochs=total,
-            initial_epoch=initial_epoch,
-            validation_data=validation_data,
-            validation_batch_size=config.training.batch_size,
-            callbacks=callbacks,
-            shuffle=False,  # the loader shuffles, seeded
-            verbose=0,
+        start = start_model(
+            config, plugins, folder, info, total * loader.steps_per_epoch, resume, scope, log
         )
+        if start.initial_epoch >= total:
+            log(f"already trained for {start.initial_epoch} epochs (asked for {total})")
+            return TrainResult(folder.path, start.history, start.initial_epoch, start.best, select)
+        folder.write_metadata(config, info)
+        schedules = schedule_callbacks(config, monitor, start.saved)
+        if start.saved.get("early_stopping", {}).get("stopped"):
+            log(f"early stopping ended this run after epoch {start.initial_epoch}: nothing left")
+            return TrainResult(folder.path, start.history, start.initial_epoch, start.best, select)
+        recorder = make_recorder(
+            folder, plugins, start.history, select, start.best, log, schedules, check
+        )
+        callbacks = [*schedules.values(), *configured_callbacks(config, plugins, folder.path)]
+        if progress:
+            callbacks.append(make_progress(loader.steps_per_epoch, total))
+        callbacks.append(recorder)  # last: it saves the schedules' counters of the epoch
+        run_fit(start.model, loader, validation, config, (start.initial_epoch, total), callbacks)
     finally:
         loader.close()
     if not folder.model_file.exists():
-        save_keras_model(model, folder.model_file)
-    info.epochs_trained = int(history[-1]["epoch"]) if history else initial_epoch
+        save_keras_model(start.model, folder.model_file)
+    history = start.history
+    info.epochs_trained = int(history[-1]["epoch"]) if history else start.initial_epoch
     folder.write_metadata(config, info)
-    recorder = callbacks[-1]
     warning = degenerate_warning(history, check.source if check else "")
     if warning:
         log(warning)
     return TrainResult(folder.path, history, info.epochs_trained, recorder.best, select, warning)
+
+
+def start_model(
+    config: Config,
+    plugins: PluginManager,
+    folder: ModelDir,
+    info: ModelInfo,
+    total_steps: int,
+    resume: bool,
+    scope: Any,
+    log: Callable[[str], None],
+) -> FitStart:
+    """The compiled model to fit: the last checkpoint with its optimizer state when
+    resuming one, else a new one of ``model.architecture`` (refused in a used folder)."""
+    if resume and folder.state_file.is_file():
+        state = json.loads(folder.state_file.read_text(encoding="utf-8"))
+        initial_epoch = int(state["epoch"])
+        history = [r for r in read_history(folder.history_file) if r["epoch"] <= initial_epoch]
+        with scope, precision_policy(config):
+            # compile=True restores the optimizer with its state (and rate schedule), and the loss
+            objects = custom_objects(config, plugins)
+            model = load_keras_model(folder.last_checkpoint, objects, compile=True)
+            if getattr(model, "optimizer", None) is None:
+                compile_model(model, config, plugins, info.n_classes, total_steps)
+        log(f"resuming after epoch {initial_epoch} from {folder.last_checkpoint}")
+        return FitStart(model, initial_epoch, state.get("best"), history, state)
+    if resume:
+        log(f"nothing to resume in {folder.path}: starting from epoch 1")
+    else:
+        refuse_used_folder(folder)
+    architecture = plugins.registry.create(
+        "architecture", config.model.architecture, "model.architecture"
+    )
+    with scope, precision_policy(config):
+        model = architecture.build(info.input_shape, info.n_classes)
+        compile_model(model, config, plugins, info.n_classes, total_steps)
+    return FitStart(model)
+
+
+def schedule_callbacks(config: Config, monitor: str, saved: dict[str, Any]) -> dict[str, Any]:
+    """Early stopping and the LR plateau, their counters restored from ``saved`` (resume)."""
+    import keras
+
+    training = config.training
+    schedules: dict[str, Any] = {}
+    if training.reduce_lr_patience:
+        schedules["reduce_lr"] = resumable(keras.callbacks.ReduceLROnPlateau)(
+            saved.get("reduce_lr"),
+            monitor=monitor,
+            factor=0.5,
+            patience=training.reduce_lr_patience,
+        )
+    if training.early_stopping:
+        schedules["early_stopping"] = resumable(keras.callbacks.EarlyStopping)(
+            saved.get("early_stopping"), monitor=monitor, patience=training.early_stopping
+        )
+    return schedules
+
+
+def configured_callbacks(config: Config, plugins: PluginManager, model_dir: Path) -> list[Any]:
+    """The Keras callbacks of ``training.callbacks`` (registered components), in order."""
+    registry = plugins.registry
+    return [
+        registry.create("callback", spec, f"training.callbacks[{index}]").build(model_dir)
+        for index, spec in enumerate(config.training.callbacks)
+    ]
+
+
+def run_fit(
+    model: keras.Model,
+    loader: PatchLoader,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    config: Config,
+    epochs: tuple[int, int],
+    callbacks: list[Any],
+) -> None:
+    """``model.fit`` from epoch ``epochs[0]`` to ``epochs[1]`` on the loader's batches."""
+    initial_epoch, total = epochs
+    outputs = len(model.outputs)
+    validation_data: Any = validation
+    if outputs > 1 and validation is not None:
+        validation_data = (validation[0], (validation[1],) * outputs)
+    model.fit(
+        per_head(loader.forever(initial_epoch), outputs),
+        steps_per_epoch=loader.steps_per_epoch,
+        epochs=total,
+        initial_epoch=initial_epoch,
+        validation_data=validation_data,
+        validation_batch_size=config.training.batch_size,
+        callbacks=callbacks,
+        shuffle=False,  # the loader shuffles, seeded
+        verbose=0,
+    )
 
 
 #: fixed patches the inference-mode check predicts every epoch (twice: both modes)
@@ -529,15 +587,38 @@ def refuse_used_folder(folder: ModelDir) -> None:
         )
 
 
-def component_records(config: Config, plugins: PluginManager) -> list[ComponentRecord]:
-    """The plugins a model folder depends on, to name them when one is missing later."""
+def component_records(
+    config: Config,
+    plugins: PluginManager,
+    dataset: Dataset | None = None,
+    case_ids: Sequence[str] = (),
+    also_used: Sequence[tuple[str, str]] = (),
+) -> list[ComponentRecord]:
+    """Every component a model was made with, and its plugin (``miscore.json``).
+
+    The dataset's layout and the readers of the ``case_ids`` files (when a dataset is
+    given), the preprocessing, augmentation, architecture, loss (unless a Keras built-in),
+    rate schedule, callbacks and postprocessors of ``config`` (defaults applied), then
+    ``also_used`` ``(kind, name)`` pairs (e.g. the evaluator of a cross-validation fold).
+    A prediction later names the plugin to install when one it needs is missing.
+    """
     registry = plugins.registry
-    wanted: list[tuple[str, str]] = [("architecture", config.model.architecture_entry.name)]
+    wanted: list[tuple[str, str]] = []
+    if dataset is not None:
+        if dataset.layout in registry.names("layout"):
+            wanted.append(("layout", dataset.layout))
+        wanted += [("io", name) for name in readers_used(dataset, case_ids)]
+    wanted += [("subfunction", s.name) for s in config.preprocessing]
+    wanted += [("augmentation", a.name) for a in config.augmentation]
+    wanted.append(("architecture", config.model.architecture_entry.name))
     if config.model.loss_entry.name in registry.names("loss"):
         wanted.append(("loss", config.model.loss_entry.name))
-    wanted += [("subfunction", s.name) for s in config.preprocessing]
+    wanted.append(("lr_schedule", config.training.lr_schedule.name))
+    wanted += [("callback", c.name) for c in config.training.callbacks]
+    wanted += [("postprocessor", p.name) for p in config.inference.postprocessing]
+    wanted += list(also_used)
     records = []
-    for kind, name in wanted:
+    for kind, name in dict.fromkeys(wanted):  # once each, in order
         plugin = plugins.plugin_of(kind, name)
         records.append(
             ComponentRecord(kind=kind, name=name, plugin=plugin.name, version=plugin.version)
@@ -545,13 +626,25 @@ def component_records(config: Config, plugins: PluginManager) -> list[ComponentR
     return records
 
 
-def steps_for(n_samples: int, batch_size: int, configured: int | None) -> int:
-    """Steps per epoch: configured, else one pass over the samples."""
-    if configured is not None:
-        return configured
-    if n_samples < 1:
-        raise PipelineError("no training samples: the dataset has no labelled cases")
-    return max(1, math.ceil(n_samples / batch_size))
+def readers_used(dataset: Dataset, case_ids: Sequence[str]) -> list[str]:
+    """The IO components that read the images and labels of ``case_ids``, sorted."""
+    names: set[str] = set()
+    for case_id in case_ids:
+        source = dataset.source(case_id)
+        paths = [*source.images, *([source.label] if source.label is not None else [])]
+        names.update(dataset.io_for(path).name for path in paths)
+    return sorted(names)
+
+
+def check_training_components(config: Config, plugins: PluginManager) -> None:
+    """Create the rate schedule, callbacks and postprocessors once, so that a wrong name
+    or parameter fails before the cache is built, naming its field."""
+    registry = plugins.registry
+    registry.create("lr_schedule", config.training.lr_schedule, "training.lr_schedule")
+    for index, spec in enumerate(config.training.callbacks):
+        registry.create("callback", spec, f"training.callbacks[{index}]")
+    for index, spec in enumerate(config.inference.postprocessing):
+        registry.create("postprocessor", spec, f"inference.postprocessing[{index}]")
 
 
 def check_cases(cases: Sequence[CachedCase]) -> None:
@@ -602,6 +695,7 @@ def train(
     case_ids: Sequence[str] | None = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr),
     progress: bool = False,
+    also_used: Sequence[tuple[str, str]] = (),
 ) -> TrainResult:
     """Train a model on the labelled cases of ``data`` and write the model folder ``out``.
 
@@ -617,8 +711,10 @@ def train(
         case_ids: train on these labelled cases only (a cross-validation fold); None: all.
         log: where progress lines go.
         progress: show a progress bar of each epoch's steps (for a terminal).
+        also_used: further ``(kind, name)`` components to record in ``miscore.json``
+            (e.g. ``("evaluator", "kfold")`` for a cross-validation fold).
     """
-    from miscore.cache import CaseCache, open_cache
+    from miscore.cache import open_cache
     from miscore.core.config import apply_defaults, check_components
     from miscore.core.plugins import PluginManager
     from miscore.data.dataset import Dataset
@@ -629,46 +725,24 @@ def train(
     registry = plugins.registry
     config = apply_defaults(config, registry)
     components = check_components(config, registry)
+    check_training_components(config, plugins)
     plugins.configure(config)
     dataset = Dataset.discover(data, registry, config.data.layout, config.data.io)
-    ids = dataset.labelled_ids
-    if case_ids is not None:
-        unknown = sorted(set(case_ids) - set(ids))
-        if unknown:
-            raise InputError(f"{data}: no labelled case named {', '.join(unknown[:5])}")
-        ids = [i for i in ids if i in set(case_ids)]
-    if not ids:
-        raise InputError(f"{data}: no labelled cases to train on")
+    ids = training_ids(dataset, case_ids)
     train_ids, val_ids = split_validation(ids, config)
     store = open_cache(config, cache)
     cases = prepare_cases(
         config, plugins, dataset, ids, store, components["preprocessing"], log, progress
     )
-    by_id = {c.id: c for c in cases}
     check_cases(cases)
-    from miscore.pipeline.loader import PatchLoader
-
-    loader = PatchLoader(
-        [by_id[i] for i in train_ids],
-        config,
-        components["augmentation"],
-        config.data.classes,
-        cache_root=store.location if isinstance(store, CaseCache) else None,
-        cache_settings=store.settings,
-        local_plugins=local_plugins,
+    by_id = {c.id: c for c in cases}
+    loader = patch_loader(
+        config, [by_id[i] for i in train_ids], components["augmentation"], store, local_plugins
     )
-    validation = loader.validation([by_id[i] for i in val_ids])
-    channels = cases[0].channels
-    if config.data.channels is not None and channels != config.data.channels:
-        raise InputError(
-            f"data.channels is {config.data.channels} but the cases have {channels} channel(s)"
-        )
     info = ModelInfo(
         plugins=plugins.versions(),
-        components=component_records(config, plugins),
-        input_shape=[*loader.patch_shape, channels]
-        if config.patching.mode != "full" or len({c.spatial_shape for c in cases}) == 1
-        else [None] * len(cases[0].spatial_shape) + [channels],
+        components=component_records(config, plugins, dataset, ids, also_used),
+        input_shape=model_input_shape(config, loader, cases),
         n_classes=config.data.classes,
         training_cases=train_ids,
         validation_cases=val_ids,
@@ -677,18 +751,62 @@ def train(
         f"training on {len(train_ids)} cases ({len(val_ids)} for validation), "
         f"{loader.steps_per_epoch} steps of {config.training.batch_size} per epoch"
     )
+    validation = loader.validation([by_id[i] for i in val_ids])
     return fit_model(
+        config, plugins, loader, validation, Path(out), info,
+        epochs=epochs, resume=resume, log=log, progress=progress,
+    )  # fmt: skip
+
+
+def patch_loader(
+    config: Config,
+    cases: Sequence[CachedCase],
+    augmentations: Sequence[Augmentation],
+    store: Any,
+    local_plugins: Sequence[str],
+) -> PatchLoader:
+    """The training batches of ``cases``, read from ``store`` (directly when it is a cache
+    on disk, so that loader processes open it themselves)."""
+    from miscore.cache import CaseCache
+    from miscore.pipeline.loader import PatchLoader
+
+    return PatchLoader(
+        list(cases),
         config,
-        plugins,
-        loader,
-        validation,
-        Path(out),
-        info,
-        epochs=epochs,
-        resume=resume,
-        log=log,
-        progress=progress,
+        list(augmentations),
+        config.data.classes,
+        cache_root=store.location if isinstance(store, CaseCache) else None,
+        cache_settings=store.settings,
+        local_plugins=local_plugins,
     )
+
+
+def training_ids(dataset: Dataset, case_ids: Sequence[str] | None) -> list[str]:
+    """The labelled cases to train on: all, or those of ``case_ids`` (a fold)."""
+    ids = dataset.labelled_ids
+    if case_ids is not None:
+        unknown = sorted(set(case_ids) - set(ids))
+        if unknown:
+            raise InputError(f"{dataset.root}: no labelled case named {', '.join(unknown[:5])}")
+        ids = [i for i in ids if i in set(case_ids)]
+    if not ids:
+        raise InputError(f"{dataset.root}: no labelled cases to train on")
+    return ids
+
+
+def model_input_shape(
+    config: Config, loader: PatchLoader, cases: Sequence[CachedCase]
+) -> list[int | None]:
+    """The network's input: the patch and the channels; spatial ``None`` for whole images
+    of different shapes. The channels must be those ``data.channels`` promises."""
+    channels = cases[0].channels
+    if config.data.channels is not None and channels != config.data.channels:
+        raise InputError(
+            f"data.channels is {config.data.channels} but the cases have {channels} channel(s)"
+        )
+    if config.patching.mode != "full" or len({c.spatial_shape for c in cases}) == 1:
+        return [*loader.patch_shape, channels]
+    return [None] * len(cases[0].spatial_shape) + [channels]
 
 
 def prepare_cases(
