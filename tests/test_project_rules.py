@@ -5,7 +5,12 @@ from __future__ import annotations
 import ast
 import inspect
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+import pytest
 
 import miscore
 from miscore.core import hookspecs
@@ -49,6 +54,64 @@ def test_plugins_import_no_other_plugin() -> None:
     assert not offenders
 
 
+def private_miscore_imports(path: Path) -> list[str]:
+    """``file:line: statement`` for each import of ``miscore`` other than its public names."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    public = set(miscore.__all__)
+    where = path.relative_to(ROOT)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [
+                f"{where}:{node.lineno}: import {alias.name}"
+                for alias in node.names
+                if alias.name.startswith("miscore.")
+            ]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module.startswith("miscore."):
+                names = ", ".join(alias.name for alias in node.names)
+                found.append(f"{where}:{node.lineno}: from {node.module} import {names}")
+            elif node.module == "miscore":
+                found += [
+                    f"{where}:{node.lineno}: from miscore import {alias.name} (not in __all__)"
+                    for alias in node.names
+                    if alias.name not in public
+                ]
+    return found
+
+
+@pytest.mark.parametrize("folder", ["plugins", "tests/thirdparty"])
+def test_plugins_import_only_the_public_api(folder: str) -> None:
+    """Bundled plugins, and the third-party example, use ``miscore`` and nothing below it.
+
+    import-linter's ``public-api`` contract says the same for what runs; this scan also
+    sees imports under ``TYPE_CHECKING`` and names that ``miscore`` does not export.
+    """
+    files = python_files(folder)
+    assert files
+    offenders = [line for path in files for line in private_miscore_imports(path)]
+    assert not offenders, "import these from `miscore` instead:\n" + "\n".join(offenders)
+
+
+def test_the_import_contracts_are_kept() -> None:
+    """``lint-imports`` (layers, no cycles, plugins on the public API) passes; it takes ~1 s."""
+    script = Path(sys.executable).parent / "lint-imports"
+    if not script.is_file():
+        pytest.skip("import-linter is not installed beside this Python")
+    start = time.perf_counter()
+    result = subprocess.run(
+        [str(script), "--no-cache"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+    assert time.perf_counter() - start < 60, "lint-imports grew slow: move it to nox -s lint"
+
+
 def test_every_hook_has_a_section_in_the_hook_reference() -> None:
     reference = (ROOT / "docs" / "plugins" / "hooks.md").read_text(encoding="utf-8")
     functions = inspect.getmembers(hookspecs, inspect.isfunction)
@@ -56,6 +119,14 @@ def test_every_hook_has_a_section_in_the_hook_reference() -> None:
     assert specs
     missing = [name for name in specs if f"## `{name}`" not in reference]
     assert not missing, f"run `python docs/generate.py`: no section for {missing}"
+
+
+def test_every_hook_spec_shows_an_example() -> None:
+    functions = inspect.getmembers(hookspecs, inspect.isfunction)
+    specs = {name: fn for name, fn in functions if name.startswith("miscore_")}
+    assert specs
+    missing = [name for name, fn in specs.items() if "Example::" not in (inspect.getdoc(fn) or "")]
+    assert not missing, f"hookspecs.py: no 'Example::' in the docstring of {missing}"
 
 
 def test_generated_reference_pages_are_up_to_date() -> None:
