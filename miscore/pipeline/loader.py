@@ -25,12 +25,18 @@ import numpy as np
 import numpy.typing as npt
 
 from miscore.cache.chunkread import window_reader
-from miscore.core.components import Augmentation
+from miscore.core.components import Augmentation, Sampler
 from miscore.core.config import Config, PatchingConfig
 from miscore.core.errors import InputError
 from miscore.data.preprocess import one_hot
 from miscore.pipeline.augmenting import augment_sample
-from miscore.pipeline.patching import PatchSampler, Window, extract_patch
+from miscore.pipeline.patching import (
+    SAMPLED_MODES,
+    PatchSampler,
+    Window,
+    create_sampler,
+    extract_patch,
+)
 
 #: Extra context read around a patch when spatial augmentations run, as a share of the patch
 #: per side, so that a rotated or scaled patch is cut from data instead of padding.
@@ -68,7 +74,6 @@ class BatchMaker:
         n_classes: int,
     ) -> None:
         self.cases = list(cases)
-        self.sampler = PatchSampler(patching)
         self.patching = patching
         self.augmentations = list(augmentations)
         self.n_classes = n_classes
@@ -82,6 +87,13 @@ class BatchMaker:
 
     def _augmented(self, sample: Sample) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
         """One sample's window read and augmented: ``(image, integer label)``."""
+        return self.augment(sample, *self.read_sample(sample))
+
+    def read_sample(
+        self, sample: Sample
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any], tuple[int, ...]]:
+        """One sample's window read, with a margin around it when spatial augmentations run:
+        ``(image, integer label, patch shape)``, without the slice axis in slice mode."""
         window = _as_window(sample.window)
         patch_shape = tuple(s.stop - s.start for s in window)
         region = window
@@ -91,18 +103,30 @@ class BatchMaker:
                 for s, m in zip(window, self._margins(patch_shape), strict=True)
             )
         image = extract_patch(self.images[sample.case], region, 0.0)
-        label: npt.NDArray[Any] | None = extract_patch(self.labels[sample.case], region, 0)
+        label = extract_patch(self.labels[sample.case], region, 0)
         if self.patching.mode == "slice":
             axis = self.patching.slice_axis
-            image, label = np.squeeze(image, axis), np.squeeze(np.asarray(label), axis)
+            image, label = np.squeeze(image, axis), np.squeeze(label, axis)
             patch_shape = tuple(n for i, n in enumerate(patch_shape) if i != axis)
+        return image, label, patch_shape
+
+    def augment(
+        self,
+        sample: Sample,
+        image: npt.NDArray[Any],
+        label: npt.NDArray[Any],
+        patch_shape: tuple[int, ...],
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[Any]]:
+        """The configured augmentations on a sample ``read_sample`` gave, seeded by the
+        sample: ``(image, integer label)`` of ``patch_shape`` (what ``miscore bench`` times)."""
+        if not self.augmentations:
+            return image, label
         rng = np.random.default_rng(sample.seed)
-        if self.augmentations:
-            image, label = augment_sample(
-                self.augmentations, image, label, rng, out_shape=patch_shape
-            )
-        assert label is not None
-        return image, label
+        augmented, augmented_label = augment_sample(
+            self.augmentations, image, label, rng, out_shape=patch_shape
+        )
+        assert augmented_label is not None  # a label in, a label out
+        return augmented, augmented_label
 
     def _margins(self, patch_shape: tuple[int, ...]) -> tuple[int, ...]:
         axis = self.patching.slice_axis if self.patching.mode == "slice" else -1
@@ -181,6 +205,9 @@ class PatchLoader:
             mode) keeps everything in this process.
         local_plugins: ``--plugin`` modules the workers must load too.
         prefetch: batches prepared ahead.
+        sampler: the ``Sampler`` choosing ``random``/``slice`` windows; None: the one
+            ``patching.sampler`` names (or the plugins' default), from the installed plugins
+            and ``local_plugins``. Windows are planned here, never in the workers.
     """
 
     def __init__(
@@ -194,6 +221,7 @@ class PatchLoader:
         cache_settings: Any = None,
         local_plugins: Sequence[str] = (),
         prefetch: int = 2,
+        sampler: Sampler | None = None,
     ) -> None:
         if not cases:
             raise InputError("no cases to train on")
@@ -202,7 +230,12 @@ class PatchLoader:
         self.batch_size = config.training.batch_size
         self.seed = config.training.seed
         self.maker = BatchMaker(self.cases, config.patching, augmentations, n_classes)
-        self.sampler = self.maker.sampler
+        if sampler is None and config.patching.mode in SAMPLED_MODES:
+            from miscore.core.plugins import PluginManager
+
+            registry = PluginManager(local_plugins=local_plugins).registry
+            sampler = create_sampler(config.patching, registry)
+        self.sampler = PatchSampler(config.patching, sampler)
         self.prefetch = max(1, prefetch)
         self.workers = config.training.workers if cache_root is not None else 1
         self._executor: Executor | None = None
@@ -332,7 +365,7 @@ class PatchLoader:
         samples = []
         for index, case in enumerate(maker.cases):
             rng = np.random.default_rng([self.seed, 2**31 - 1, index])
-            windows = maker.sampler.training_windows(
+            windows = self.sampler.training_windows(
                 case.spatial_shape, rng, label=case.label, locations=case.foreground or None
             )
             samples += [Sample(index, _bounds(w), (0,)) for w in windows[:per_case]]

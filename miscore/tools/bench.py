@@ -39,10 +39,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, Field
 
 from miscore.core.config import Config
@@ -50,7 +52,16 @@ from miscore.core.errors import InputError
 from miscore.core.version import __version__
 
 if TYPE_CHECKING:
+    import keras
+
+    from miscore.cache import CachedCase, CaseStore
+    from miscore.core.components import Augmentation, Subfunction
     from miscore.core.plugins import PluginManager
+    from miscore.core.volume import Case
+    from miscore.data.dataset import Dataset
+    from miscore.pipeline.loader import Batch, BatchMaker, PatchLoader, Sample
+
+T = TypeVar("T")
 
 
 # --- the report ---------------------------------------------------------------------------
@@ -106,12 +117,6 @@ class BenchReport(BaseModel):
     workers: int
     stages: list[StageTiming]
     verdict: Verdict
-
-    def stage(self, name: str) -> StageTiming:
-        for stage in self.stages:
-            if stage.name == name:
-                return stage
-        raise KeyError(name)
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -194,7 +199,7 @@ class _Stages:
         return stage
 
 
-def _timed(function: Callable[[], Any]) -> tuple[float, Any]:
+def _timed(function: Callable[[], T]) -> tuple[float, T]:
     start = time.perf_counter()
     value = function()
     return time.perf_counter() - start, value
@@ -208,12 +213,31 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1e6:.0f} us"
 
 
-def _cycle(items: Sequence[Any], count: int) -> Iterator[Any]:
+def _cycle(items: Sequence[T], count: int) -> Iterator[T]:
     for i in range(count):
         yield items[i % len(items)]
 
 
 # --- the run ------------------------------------------------------------------------------
+
+
+@dataclass
+class _Job:
+    """What every stage needs: the config with its components, the plugins and the cases."""
+
+    config: Config
+    plugins: PluginManager
+    dataset: Dataset
+    ids: list[str]
+    steps: list[Subfunction]
+    augmentations: list[Augmentation]
+    stages: _Stages
+    repeats: int
+    local_plugins: Sequence[str]
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.training.batch_size
 
 
 def run_bench(
@@ -242,15 +266,50 @@ def run_bench(
             the user's own cache is never touched.
         log: where progress lines go.
     """
-    from miscore.cache import cache_dataset_case, open_cache
-    from miscore.core.config import apply_defaults, check_components
-    from miscore.core.plugins import PluginManager
-    from miscore.data.dataset import Dataset
+    from miscore.cache import open_cache
 
     if cases < 1:
         raise InputError(f"--cases: must be at least 1; got {cases}")
     if repeats < 2:
         raise InputError(f"--repeats: must be at least 2; got {repeats}")
+    job = _open_job(config, data, plugins, cases, repeats, local_plugins, log)
+    log(f"bench: {len(job.ids)} cases of {data}, {repeats} repeats per stage")
+    _read_stages(job)
+    temp = Path(tempfile.mkdtemp(prefix="miscore-bench-", dir=temp_root))
+    try:
+        store = open_cache(job.config, str(temp / "cache"))
+        entries = _cache_build_stage(job, store)
+        patch_shape, workers = _train_stages(job, store, entries)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    machine = machine_info()
+    return BenchReport(
+        machine=machine,
+        config=config_name,
+        data=str(data),
+        cases=[e.id for e in entries],
+        batch_size=job.batch_size,
+        patch_shape=[int(n) for n in patch_shape],
+        workers=workers,
+        stages=job.stages.stages,
+        verdict=make_verdict(job.stages.stages, workers, machine.cpus, job.batch_size),
+    )
+
+
+def _open_job(
+    config: Config,
+    data: Path | str,
+    plugins: PluginManager | None,
+    cases: int,
+    repeats: int,
+    local_plugins: Sequence[str],
+    log: Callable[[str], None],
+) -> _Job:
+    """Plugins, defaults and components of ``config``, and the first ``cases`` labelled cases."""
+    from miscore.core.config import apply_defaults, check_components
+    from miscore.core.plugins import PluginManager
+    from miscore.data.dataset import Dataset
+
     plugins = plugins or PluginManager(local_plugins=local_plugins)
     registry = plugins.registry
     config = apply_defaults(config, registry)
@@ -260,198 +319,158 @@ def run_bench(
     ids = dataset.labelled_ids[:cases]
     if not ids:
         raise InputError(f"{data}: no labelled cases; bench needs labelled cases to train on")
-    steps = components["preprocessing"]
-    stages = _Stages(log)
-    log(f"bench: {len(ids)} cases of {data}, {repeats} repeats per stage")
-
-    # read and preprocess, per case
-    dataset.load(ids[0])  # warm-up: the IO plugin's lazy imports are not a read's cost
-    rounds = max(1, math.ceil(repeats / len(ids)))
-    read_times: list[float] = []
-    loaded: dict[str, Any] = {}
-    for case_id in _cycle(ids, rounds * len(ids)):
-        seconds, loaded[case_id] = _timed(functools.partial(dataset.load, case_id))
-        read_times.append(seconds)
-    stages.add("read", "one case read from disk by its IO plugin", "case", read_times)
-    pre_times = [
-        _timed(functools.partial(_preprocess, loaded[c], steps))[0]
-        for c in _cycle(ids, max(repeats, len(ids)))
-    ]
-    loaded.clear()
-    stages.add("preprocess", "the configured preprocessing of one case", "case", pre_times)
-
-    temp = Path(tempfile.mkdtemp(prefix="miscore-bench-", dir=temp_root))
-    try:
-        store = open_cache(config, str(temp / "cache"))
-        import zarr  # noqa: F401  (imported before the first build is timed)
-
-        build_times = []
-        entries = []
-        for case_id in ids:
-            seconds, (entry, _hit) = _timed(
-                functools.partial(
-                    cache_dataset_case, store, dataset, case_id, steps, plugins, config
-                )
-            )
-            build_times.append(seconds)
-            entries.append(entry)
-        stages.add(
-            "cache_build", "read + preprocess + write one case into the cache", "case", build_times
-        )
-        return _train_stages(
-            config,
-            plugins,
-            store,
-            entries,
-            components["augmentation"],
-            stages,
-            repeats,
-            local_plugins,
-            config_name=config_name,
-            data=str(data),
-            log=log,
-        )
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
+    return _Job(
+        config,
+        plugins,
+        dataset,
+        list(ids),
+        components["preprocessing"],
+        components["augmentation"],
+        _Stages(log),
+        repeats,
+        local_plugins,
+    )
 
 
-def _preprocess(case: Any, steps: Sequence[Any]) -> Any:
+def _read_stages(job: _Job) -> None:
+    """``read`` and ``preprocess``: per case, in memory."""
     from miscore.data.preprocess import preprocess_case
 
-    return preprocess_case(case, steps, training=True)
+    ids, repeats = job.ids, job.repeats
+    job.dataset.load(ids[0])  # warm-up: the IO plugin's lazy imports are not a read's cost
+    rounds = max(1, math.ceil(repeats / len(ids)))
+    read_times: list[float] = []
+    loaded: dict[str, Case] = {}
+    for case_id in _cycle(ids, rounds * len(ids)):
+        seconds, loaded[case_id] = _timed(functools.partial(job.dataset.load, case_id))
+        read_times.append(seconds)
+    job.stages.add("read", "one case read from disk by its IO plugin", "case", read_times)
+    pre_times = [
+        _timed(functools.partial(preprocess_case, loaded[c], job.steps, training=True))[0]
+        for c in _cycle(ids, max(repeats, len(ids)))
+    ]
+    job.stages.add("preprocess", "the configured preprocessing of one case", "case", pre_times)
+
+
+def _cache_build_stage(job: _Job, store: CaseStore) -> list[CachedCase]:
+    """``cache_build``: each case read, preprocessed and written as training does it."""
+    import zarr  # noqa: F401  (imported before the first build is timed)
+
+    from miscore.cache import cache_dataset_case
+
+    build_times = []
+    entries = []
+    for case_id in job.ids:
+        seconds, (entry, _hit) = _timed(
+            functools.partial(
+                cache_dataset_case,
+                store,
+                job.dataset,
+                case_id,
+                job.steps,
+                job.plugins,
+                job.config,
+            )
+        )
+        build_times.append(seconds)
+        entries.append(entry)
+    what = "read + preprocess + write one case into the cache"
+    job.stages.add("cache_build", what, "case", build_times)
+    return entries
 
 
 def _train_stages(
-    config: Config,
-    plugins: PluginManager,
-    store: Any,
-    entries: list[Any],
-    augmentations: list[Any],
-    stages: _Stages,
-    repeats: int,
-    local_plugins: Sequence[str],
-    *,
-    config_name: str,
-    data: str,
-    log: Callable[[str], None],
-) -> BenchReport:
+    job: _Job, store: CaseStore, entries: list[CachedCase]
+) -> tuple[tuple[int, ...], int]:
+    """Reading, augmentation, batches, the loader, training steps and prediction; returns
+    the loader's patch shape and workers (for the report)."""
     from miscore.cache import CacheKey, CaseCache
-    from miscore.pipeline.augmenting import augment_sample
-    from miscore.pipeline.loader import BatchMaker, PatchLoader, _as_window
-    from miscore.pipeline.patching import extract_patch
+    from miscore.pipeline.loader import BatchMaker, PatchLoader
 
-    n_classes = config.data.classes
-    batch_size = config.training.batch_size
+    config = job.config
     # Fresh handles on the entries: "cold" is their first read.
     opened = [store.get(CacheKey(e.key, e.id, {})) or e for e in entries]
     loader = PatchLoader(
         opened,
         config,
-        augmentations,
-        n_classes,
+        job.augmentations,
+        config.data.classes,
         cache_root=store.location if isinstance(store, CaseCache) else None,
         cache_settings=store.settings,
-        local_plugins=local_plugins,
+        local_plugins=job.local_plugins,
     )
-    plan = [b for epoch in range(repeats) for b in loader.plan(epoch)][:repeats]
-    plain = BatchMaker(opened, config.patching, [], n_classes)
+    plan = [b for epoch in range(job.repeats) for b in loader.plan(epoch)][: job.repeats]
+    plain = BatchMaker(opened, config.patching, [], config.data.classes)
     cold = [_timed(functools.partial(plain.batch, batch))[0] for batch in plan]
     warm = [_timed(functools.partial(plain.batch, batch))[0] for batch in plan]
-    what = f"{batch_size} patches read from the cache and one-hot encoded"
-    stages.add("cache_read_cold", what + ", first read", "batch", cold)
-    stages.add("cache_read_warm", what + ", read again", "batch", warm)
+    what = f"{job.batch_size} patches read from the cache and one-hot encoded"
+    job.stages.add("cache_read_cold", what + ", first read", "batch", cold)
+    job.stages.add("cache_read_warm", what + ", read again", "batch", warm)
+    _augment_stage(job, loader.maker, plan)
+    batch_times = [_timed(functools.partial(loader.maker.batch, batch))[0] for batch in plan]
+    what = "one batch read, augmented and stacked in one process"
+    job.stages.add("batch", what, "batch", batch_times)
+    try:
+        model = _loader_and_model_stages(job, loader, opened[0].channels)
+    finally:
+        loader.close()
+    _predict_stage(config, model, opened[0], loader.patch_shape, job.stages, job.repeats)
+    return loader.patch_shape, loader.workers
 
-    maker = loader.maker
-    samples = [s for batch in plan for s in batch][: max(repeats, batch_size)]
+
+def _augment_stage(job: _Job, maker: BatchMaker, plan: Sequence[Sequence[Sample]]) -> None:
+    """``augment``: the loader's own augmentation of one read sample (``BatchMaker.augment``)."""
+    samples = [s for batch in plan for s in batch][: max(job.repeats, job.batch_size)]
     augment_times = []
-    for sample in samples:
-        window = _as_window(sample.window)
-        patch_shape = tuple(s.stop - s.start for s in window)
-        region = window
-        if maker.spatial_augment:
-            margins = maker._margins(patch_shape)
-            region = tuple(
-                slice(s.start - m, s.stop + m) for s, m in zip(window, margins, strict=True)
-            )
-        image = extract_patch(maker.cases[sample.case].image, region, 0.0)
-        label = extract_patch(maker.cases[sample.case].label, region, 0)
-        if config.patching.mode == "slice":
-            axis = config.patching.slice_axis
-            image, label = np.squeeze(image, axis), np.squeeze(label, axis)
-            patch_shape = tuple(n for i, n in enumerate(patch_shape) if i != axis)
-        rng = np.random.default_rng(sample.seed)
-        if augmentations:
-            seconds, _ = _timed(
-                functools.partial(
-                    augment_sample, augmentations, image, label, rng, out_shape=patch_shape
-                )
-            )
-            augment_times.append(seconds)
-    names = ", ".join(a.name for a in augmentations) or "none configured"
-    stages.add("augment", f"augmentation of one sample ({names})", "sample", augment_times)
-    batch_times = [_timed(functools.partial(maker.batch, batch))[0] for batch in plan]
-    stages.add(
-        "batch", "one batch read, augmented and stacked in one process", "batch", batch_times
-    )
+    if job.augmentations:
+        for sample in samples:
+            image, label, patch_shape = maker.read_sample(sample)
+            augment = functools.partial(maker.augment, sample, image, label, patch_shape)
+            augment_times.append(_timed(augment)[0])
+    names = ", ".join(a.name for a in job.augmentations) or "none configured"
+    job.stages.add("augment", f"augmentation of one sample ({names})", "sample", augment_times)
 
+
+def _loader_and_model_stages(job: _Job, loader: PatchLoader, channels: int) -> keras.Model:
+    """``loader`` (the data rate, no model), ``train_step_fixed`` (the model alone, no data
+    loading) and ``train_step`` (both, as ``miscore train`` runs them); returns the model."""
     # The loader as training uses it (its workers), no model: the data rate.
-    workers = loader.workers
+    workers, repeats = loader.workers, job.repeats
     iterator = loader.forever(0)
     startup, first = _timed(lambda: next(iterator))
     loader_times = [_timed(lambda: next(iterator))[0] for _ in range(repeats)]
-    stages.add(
+    job.stages.add(
         "loader",
         f"one batch from the loader ({workers} worker{'s' if workers > 1 else ''}), no model",
         "batch",
         loader_times,
         {"first_batch_s": startup},
     )
+    model, x, y = _build_model(job.config, job.plugins, loader.patch_shape, channels, first)
+    # Two warm-up steps: graph tracing and the optimizer's variables.
+    for _ in range(2):
+        model.train_on_batch(x, y)
+    fixed = [_timed(lambda: model.train_on_batch(x, y))[0] for _ in range(repeats)]
+    what = "one training step on a fixed in-memory batch (no data loading)"
+    job.stages.add("train_step_fixed", what, "step", fixed)
 
-    model, x, y = _build_model(config, plugins, loader, opened[0].channels, first)
-    try:
-        # Two warm-up steps: graph tracing and the optimizer's variables.
-        for _ in range(2):
-            model.train_on_batch(x, y)
-        fixed = [_timed(lambda: model.train_on_batch(x, y))[0] for _ in range(repeats)]
-        stages.add(
-            "train_step_fixed",
-            "one training step on a fixed in-memory batch (no data loading)",
-            "step",
-            fixed,
-        )
+    def real_step() -> None:
+        bx, by = next(iterator)
+        model.train_on_batch(bx, by)
 
-        def real_step() -> None:
-            bx, by = next(iterator)
-            model.train_on_batch(bx, by)
-
-        real_step()
-        real = [_timed(real_step)[0] for _ in range(repeats)]
-        stages.add("train_step", "one training step fed by the loader", "step", real)
-    finally:
-        loader.close()
-
-    _predict_stage(config, model, opened[0], loader.patch_shape, stages, repeats)
-    verdict = make_verdict(stages.stages, workers, machine_info().cpus, batch_size)
-    return BenchReport(
-        machine=machine_info(),
-        config=config_name,
-        data=data,
-        cases=[e.id for e in entries],
-        batch_size=batch_size,
-        patch_shape=[int(n) for n in loader.patch_shape],
-        workers=workers,
-        stages=stages.stages,
-        verdict=verdict,
-    )
+    real_step()
+    real = [_timed(real_step)[0] for _ in range(repeats)]
+    job.stages.add("train_step", "one training step fed by the loader", "step", real)
+    return model
 
 
 def _build_model(
     config: Config,
     plugins: PluginManager,
-    loader: Any,
+    patch_shape: Sequence[int],
     channels: int,
-    batch: tuple[np.ndarray, np.ndarray],
-) -> tuple[Any, np.ndarray, np.ndarray]:
+    batch: Batch,
+) -> tuple[keras.Model, npt.NDArray[np.float32], npt.NDArray[np.float32]]:
     """The configured architecture, compiled as training compiles it, and a fixed batch."""
     import keras
 
@@ -461,7 +480,7 @@ def _build_model(
     architecture = plugins.registry.create(
         "architecture", config.model.architecture, "model.architecture"
     )
-    model = architecture.build([*loader.patch_shape, channels], config.data.classes)
+    model = architecture.build([*patch_shape, channels], config.data.classes)
     compile_model(model, config, plugins, config.data.classes)
     x, y = batch
     return model, np.ascontiguousarray(x), np.ascontiguousarray(y)
@@ -469,8 +488,8 @@ def _build_model(
 
 def _predict_stage(
     config: Config,
-    model: Any,
-    entry: Any,
+    model: keras.Model,
+    entry: CachedCase,
     patch_shape: Sequence[int],
     stages: _Stages,
     repeats: int,
