@@ -34,6 +34,7 @@ from miscore.core.components import (
 from miscore.core.config import (
     ComponentSpec,
     Config,
+    PatchingConfig,
     apply_defaults,
     check_components,
     load_config,
@@ -54,10 +55,11 @@ from miscore.core.registry import Registry
 from miscore.core.spatial import SpatialTransform
 from miscore.core.version import PLUGIN_API_VERSION, __version__
 from miscore.core.volume import Case, CaseSource, Volume, check_case_id
-from miscore.data.dataset import Dataset
+from miscore.data.dataset import Dataset, DatasetFinder
 from miscore.pipeline.augmenting import apply_spatial_transforms
 from miscore.pipeline.crossval import cross_validate
 from miscore.pipeline.evaluate import read_folds_file
+from miscore.pipeline.patching import centred_window, is_blank, pick_foreground, random_window
 
 __all__ = [
     "PLUGIN_API_VERSION",
@@ -73,6 +75,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "Dataset",
+    "DatasetFinder",
     "DatasetLayout",
     "Evaluator",
     "Fold",
@@ -84,6 +87,7 @@ __all__ = [
     "MiscoreError",
     "Model",
     "Params",
+    "PatchingConfig",
     "Pipeline",
     "PipelineError",
     "PluginError",
@@ -99,15 +103,19 @@ __all__ = [
     "apply_spatial_transforms",
     "as_label_volume",
     "atomic_output",
+    "centred_window",
     "check_case_id",
     "check_components",
     "cross_validate",
     "hookimpl",
+    "is_blank",
     "label_dtype",
     "load_config",
     "load_model",
     "open_dataset",
     "parse_config",
+    "pick_foreground",
+    "random_window",
     "read_folds_file",
     "synthesize",
 ]

@@ -16,12 +16,14 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from miscore.core.volume import Case, Volume
+from miscore.core.volume import Case, CaseSource, Volume
 
 if TYPE_CHECKING:
     import keras
 
+    from miscore.core.config import PatchingConfig
     from miscore.core.spatial import SpatialTransform
+    from miscore.data.dataset import DatasetFinder
 
 
 class Params(BaseModel):
@@ -276,43 +278,86 @@ class DatasetLayout(Component):
     """How one kind of dataset folder is organised: which files make which case.
 
     ``data.layout: NAME`` picks a layout; ``auto`` asks every installed layout's ``detect``,
-    highest ``detect_priority`` first, and takes the first that says yes.
+    highest ``detect_priority`` first (ties by name), and takes the first that says yes. The
+    bundled layouts use msd 40, image2d 30, cases 20, dicom 10 and files -10 (the catch-all:
+    a single image, or a folder of images), so a plugin layout at the default 0 is asked after
+    the specific ones and before ``files``. ``root`` may be a single image file or series
+    folder (``finder.is_image(root)``): a layout of dataset folders says no to it.
+
+    Both methods get a ``miscore.DatasetFinder``, the kernel's file helpers: ``reader(path)``,
+    ``images_in(folder)``, ``entries(folder)``, ``named(folder, stems)``,
+    ``case_id(id, path)``, ``file_stem(path)``, ``confined(relative, where)``.
     """
 
     kind = "layout"
     #: the order ``auto`` tries layouts in (higher first; ties by name)
     detect_priority: ClassVar[int] = 0
+    #: what ``auto`` looks for, for the error when no layout recognises a folder, e.g.
+    #: ``"imagesTr/"`` (shown as ``imagesTr/ (msd)``); empty: not mentioned
+    looks_like: ClassVar[str] = ""
 
-    def detect(self, root: Path, finder: Any) -> bool:
+    def detect(self, root: Path, finder: DatasetFinder) -> bool:
         """True when ``root`` looks like a dataset of this layout (cheap: names only)."""
         raise NotImplementedError
 
-    def find(self, root: Path, finder: Any) -> tuple[list[Any], dict[str, Any]]:
+    def find(self, root: Path, finder: DatasetFinder) -> tuple[list[CaseSource], dict[str, Any]]:
         """The cases of ``root`` (``miscore.CaseSource`` each) and dataset facts (may be ``{}``).
 
-        ``finder`` offers the kernel's file helpers (``reader(path)``, ``images_in(folder)``).
+        The facts become ``Dataset.info`` (the ``msd`` layout gives ``dataset.json``). Check
+        case ids with ``finder.case_id``; the kernel refuses duplicated ids and an empty list.
         Raise ``InputError`` naming the file or folder that is wrong.
         """
         raise NotImplementedError
 
 
 class Sampler(Component):
-    """Chooses the training windows of one case for an epoch (``patching.sampler``)."""
+    """Chooses the training windows of one case for an epoch (``patching.sampler``).
+
+    A sampler drives the training windows of the ``random`` and ``slice`` modes (in ``slice``
+    mode the patch is 1 long on ``slice_axis``). It does not drive ``grid`` and ``full``
+    training (every grid window, shuffled: coverage, not a choice) nor inference windows
+    (the sliding window): the kernel keeps those.
+
+    Windows are drawn in the loader's main process from ``(seed, epoch, case)``, so the same
+    seed gives the same windows whatever the number of loader workers; ``rng`` is the only
+    source of randomness a sampler may use. ``None`` in ``patching.sampler`` is the plugins'
+    default (``miscore_defaults`` key ``sampler``; bundled: ``foreground``, nnU-Net's
+    foreground oversampling). Helpers: ``miscore.random_window``, ``miscore.centred_window``,
+    ``miscore.pick_foreground``, ``miscore.is_blank``.
+    """
 
     kind = "sampler"
 
     def windows(
         self,
-        shape: Sequence[int],
-        patch_shape: Sequence[int],
+        shape: tuple[int, ...],
+        patch_shape: tuple[int, ...],
         count: int,
-        foreground: Any,
+        foreground: Mapping[int, npt.NDArray[np.int64]],
         rng: np.random.Generator,
+        *,
+        label: Any,
+        patching: PatchingConfig,
     ) -> list[tuple[slice, ...]]:
         """``count`` windows (a slice per spatial axis, each ``patch_shape`` long) in ``shape``.
 
-        Windows may reach outside the volume (the loader pads). ``foreground`` gives the
-        case's cached foreground voxel coordinates per class (``{class: (n, ndim) array}``).
+        Args:
+            shape: the case's spatial shape.
+            patch_shape: the window shape (1 on the slice axis in ``slice`` mode).
+            count: how many windows (``patching.samples_per_case``).
+            foreground: voxel coordinates per foreground class (``{class: (n, ndim) array}``,
+                a random subset, as the cache stores them); ``{}`` when the case has none or
+                when neither ``foreground_ratio`` nor ``skip_blanks`` asked for them.
+            rng: every random choice comes from it.
+            label: the case's label, numpy or zarr (read a window with ``miscore.is_blank``),
+                or None.
+            patching: the ``patching`` section (``foreground_ratio``, ``foreground_class``,
+                ``skip_blanks``...).
+
+        Returns:
+            The windows. They may reach outside the volume (the loader pads) but must overlap
+            it. Fewer than ``count`` (even none) skips that share of the case this epoch, as
+            ``skip_blanks`` does for a case without foreground.
         """
         raise NotImplementedError
 

@@ -59,8 +59,10 @@ class DataConfig(Section):
     """Where the data is and what it holds."""
 
     path: str | None = Field(None, description="dataset folder; the CLI's --data overrides it")
-    layout: Literal["auto", "msd", "cases", "dicom", "image2d", "files"] = Field(
-        "auto", description="dataset layout; 'auto' detects it from the folder"
+    layout: str = Field(
+        "auto",
+        description="dataset layout: 'auto' detects it from the folder, or an installed "
+        "layout's name (bundled: msd, cases, dicom, image2d, files)",
     )
     io: str | None = Field(None, description="IO component for every file; None: by file name")
     classes: int = Field(2, ge=2, description="number of classes, background included")
@@ -95,6 +97,11 @@ class PatchingConfig(Section):
         None, ge=1, description="class the forced patches must hold; None: any foreground"
     )
     samples_per_case: int = Field(1, ge=1, description="training patches per case per epoch")
+    sampler: ComponentSpec | None = Field(
+        None,
+        description="training: the sampler choosing random and slice windows; None: the "
+        "plugins' default (bundled: foreground, which follows foreground_ratio/_class)",
+    )
 
     @model_validator(mode="after")
     def _shape_needed(self) -> PatchingConfig:

@@ -8,46 +8,38 @@ one case through the registry's IO components::
     for case_id in dataset.ids:
         case = dataset.load(case_id)        # Case(id, image, label or None)
 
-Layouts (``layout=``, the config's ``data.layout``):
+Layouts are components (``DatasetLayout``, registered with ``miscore_register_layouts``);
+``layout=`` (the config's ``data.layout``) names one, or ``auto`` asks each installed layout's
+``detect``, highest ``detect_priority`` first, ties by name. The bundled ones
+(``miscore_layouts``) are ``msd``, ``image2d``, ``cases``, ``dicom`` and ``files``, tried in
+that order. A layout finds files with the ``DatasetFinder`` it is given: the kernel's file
+helpers (which reader reads a path, the images of a folder, checked case ids, paths confined
+to the dataset folder).
 
-- ``msd``: Medical Segmentation Decathlon / nnU-Net: ``imagesTr/``, ``labelsTr/``,
-  ``imagesTs/`` (optional ``labelsTs/``, ``dataset.json``); channels as ``<case>_0000.nii.gz``,
-  ``<case>_0001.nii.gz``... or one multi-channel file ``<case>.nii.gz``.
-- ``cases``: MIScnn/KiTS: one folder per case holding ``imaging.*`` (a file, or a folder
-  such as a DICOM series) and optionally ``segmentation.*``.
-- ``dicom``: one folder per case that an IO reads as an image (a DICOM series, as the
-  registry's ``io_for(folder)`` decides); the label, when present, is a file in that folder
-  named ``segmentation.*``, ``label.*``, ``mask.*``, ``seg.*`` or ``rtstruct.*``.
-- ``image2d``: ``images/`` and ``masks/`` (or ``labels/``), paired by file stem.
-- ``files``: a flat folder of images (or one image file), no labels: for prediction.
-
-Auto-detection tries them in that order. Case ids become file names, so they are checked with
-``check_case_id``; duplicated ids, an empty dataset and image/label pairs whose grids differ
-are ``InputError`` naming the case and the files.
+Case ids become file names, so they are checked with ``check_case_id``; duplicated ids, an
+empty dataset and image/label pairs whose grids differ are ``InputError`` naming the case and
+the files.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-from miscore.core.components import ImageIO
-from miscore.core.errors import InputError
+from miscore.core.components import DatasetLayout, ImageIO
+from miscore.core.errors import ComponentNotFoundError, InputError, PluginError
 from miscore.core.registry import Registry
 from miscore.core.volume import Case, CaseSource, Volume, check_case_id
 
-Layout = Literal["auto", "msd", "cases", "dicom", "image2d", "files"]
-LAYOUTS: tuple[str, ...] = ("msd", "cases", "dicom", "image2d", "files")
+#: what ``data.layout`` says to have the layout detected
+AUTO = "auto"
 
-#: names (before the first dot) of label files in a case folder
-LABEL_STEMS = ("segmentation", "label", "labels", "mask", "seg", "rtstruct")
-_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+#: compression endings stripped from a file name before its format suffix
+_COMPRESSION = (".gz", ".bz2", ".xz", ".zst")
 
 
 @dataclass
@@ -71,7 +63,7 @@ class Dataset:
         cls,
         path: Path | str,
         registry: Registry,
-        layout: Layout | str = "auto",
+        layout: str = AUTO,
         io: str | None = None,
     ) -> Dataset:
         """Find the cases under ``path``.
@@ -79,34 +71,22 @@ class Dataset:
         Args:
             path: the dataset folder, or a single image file or series folder.
             registry: the loaded plugins' components (``PluginManager().registry``).
-            layout: one of ``auto``, ``msd``, ``cases``, ``dicom``, ``image2d``, ``files``.
+            layout: ``auto``, or the name of an installed layout (bundled: ``msd``, ``cases``,
+                ``dicom``, ``image2d``, ``files``).
             io: an IO name to read every file with; None picks one per file by its name.
         """
         root = Path(path)
-        if layout != "auto" and layout not in LAYOUTS:
-            raise InputError(
-                f"data.layout: unknown layout {layout!r}; use auto or {', '.join(LAYOUTS)}"
-            )
+        chosen = None if layout == AUTO else _layout(registry, layout)
         if not root.exists():
             raise InputError(f"{root}: no such file or folder")
-        finder = _Finder(root, registry, io)
-        if layout == "auto":
-            layout = finder.detect()
-        info: dict[str, Any] = {}
-        if layout == "msd":
-            cases, info = finder.msd()
-        elif layout == "cases":
-            cases = finder.case_folders()
-        elif layout == "dicom":
-            cases = finder.dicom_folders()
-        elif layout == "image2d":
-            cases = finder.image_folders()
-        else:
-            cases = finder.files()
+        finder = DatasetFinder(root, registry, io)
+        if chosen is None:
+            chosen = _detect(root, registry, finder)
+        cases, info = _find(chosen, root, finder)
         if not cases:
-            raise InputError(f"{root}: no cases found for layout {layout!r}")
+            raise InputError(f"{root}: no cases found for layout {chosen.name!r}")
         _check_unique(cases)
-        return cls(root, str(layout), cases, registry, io, info)
+        return cls(root, chosen.name, cases, registry, io, info)
 
     # --- access -------------------------------------------------------------------------
 
@@ -196,9 +176,72 @@ class Dataset:
 # --- layouts ---------------------------------------------------------------------------
 
 
-def _visible(folder: Path) -> list[Path]:
-    """A folder's entries, sorted, without hidden files (``._x.nii.gz`` from macOS archives)."""
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+def _detection_order(registry: Registry) -> list[DatasetLayout]:
+    """The installed layouts in the order ``auto`` asks them: ``detect_priority``, then name."""
+    classes = [info.cls for info in registry.components("layout")]
+    ordered = sorted(classes, key=lambda c: (-getattr(c, "detect_priority", 0), c.name))
+    layouts = []
+    for layout_class in ordered:
+        layout = layout_class()
+        assert isinstance(layout, DatasetLayout)
+        layouts.append(layout)
+    return layouts
+
+
+def _layout(registry: Registry, name: str) -> DatasetLayout:
+    try:
+        layout_class = registry.get("layout", name)
+    except ComponentNotFoundError as exc:
+        raise ComponentNotFoundError(f"data.layout: {exc}; or {AUTO!r} to detect it") from None
+    layout = layout_class()
+    assert isinstance(layout, DatasetLayout)
+    return layout
+
+
+def _detect(root: Path, registry: Registry, finder: DatasetFinder) -> DatasetLayout:
+    """The first installed layout whose ``detect`` recognises ``root``."""
+    layouts = _detection_order(registry)
+    for layout in layouts:
+        try:
+            if layout.detect(root, finder):
+                return layout
+        except InputError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"layout {layout.name!r} failed to inspect {root}: {type(exc).__name__}: {exc}"
+            ) from exc
+    expected = [f"{type(x).looks_like} ({x.name})" for x in layouts if type(x).looks_like]
+    if not expected:
+        installed = ", ".join(x.name for x in layouts) or "none (no layout plugin is installed)"
+        expected = [f"a folder one of the installed layouts recognises ({installed})"]
+    listed = expected[0] if len(expected) == 1 else f"{', '.join(expected[:-1])} or {expected[-1]}"
+    raise InputError(
+        f"{root}: no dataset layout recognised: expected {listed}; set data.layout to choose one"
+    )
+
+
+def _find(
+    layout: DatasetLayout, root: Path, finder: DatasetFinder
+) -> tuple[list[CaseSource], dict[str, Any]]:
+    """``layout.find``, its result checked: a plugin that breaks the contract is named."""
+    try:
+        cases, info = layout.find(root, finder)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"layout {layout.name!r} failed to read {root}: {type(exc).__name__}: {exc}"
+        ) from exc
+    cases = list(cases)
+    wrong = next((c for c in cases if not isinstance(c, CaseSource)), None)
+    if wrong is not None or not isinstance(info, dict):
+        got = type(wrong if wrong is not None else info).__name__
+        raise PluginError(
+            f"layout {layout.name!r}: find() must return (list of miscore.CaseSource, dict); "
+            f"got a {got}"
+        )
+    return cases, info
 
 
 def _check_unique(cases: Sequence[CaseSource]) -> None:
@@ -213,178 +256,110 @@ def _check_unique(cases: Sequence[CaseSource]) -> None:
         seen[case.id] = case
 
 
-def _case_id(case_id: str, path: Path) -> str:
-    try:
-        return check_case_id(case_id)
-    except InputError:
-        raise InputError(
-            f"{path}: gives case id {case_id!r}, which is not allowed; rename it using "
-            f"letters, digits, '.', '_' or '-' only"
-        ) from None
+# --- the helpers a layout is given ---------------------------------------------------------
 
 
-class _Finder:
-    """Finds the cases of one folder for each layout."""
+class DatasetFinder:
+    """The kernel's file helpers a dataset layout uses in ``detect`` and ``find``.
 
-    def __init__(self, root: Path, registry: Registry, io: str | None) -> None:
+    ``Dataset.discover`` creates one per dataset and hands it to the layouts; it knows the
+    dataset folder, the installed readers (or the one forced by ``data.io``) and the rules for
+    case ids, so a layout only says which files make which case.
+
+    Args:
+        root: the dataset folder, or a single image file or series folder.
+        registry: the installed components (the readers).
+        io: an IO name to read every file with (``data.io``); None: the registry's choice.
+    """
+
+    def __init__(self, root: Path, registry: Registry, io: str | None = None) -> None:
         self.root = root
         self.registry = registry
         self.io = registry.get_io(io)() if io is not None else None
+        # layouts ask about the same paths (the root, its folders): answer each once
+        self._readers: dict[Path, ImageIO | None] = {}
 
     def reader(self, path: Path) -> ImageIO | None:
-        """The IO that reads ``path``, or None when none does."""
+        """The IO that reads ``path`` (a file, or a folder such as a DICOM series), or None.
+
+        The reader ``data.io`` forces, else the registry's choice (``Registry.io_for``).
+        """
+        if path not in self._readers:
+            self._readers[path] = self._find_reader(path)
+        return self._readers[path]
+
+    def _find_reader(self, path: Path) -> ImageIO | None:
         if self.io is not None:
             return self.io if (path.is_file() or self.io.can_read(path)) else None
-        for info in self.registry.components("io"):
-            io = info.cls()
-            assert isinstance(io, ImageIO)
-            if io.can_read(path):
-                return io
-        return None
+        try:
+            return self.registry.io_for(path)
+        except InputError:
+            return None
+
+    def is_image(self, path: Path) -> bool:
+        """True when ``path`` is one image: a file, or a folder a reader reads whole (a series).
+
+        A dataset given as a single image is the ``files`` layout's; other layouts say no.
+        """
+        return path.is_file() or self.reader(path) is not None
+
+    def entries(self, folder: Path) -> list[Path]:
+        """A folder's entries, sorted, without hidden files (``._x.nii.gz`` of macOS archives)."""
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
 
     def images_in(self, folder: Path) -> list[tuple[Path, ImageIO]]:
+        """The entries of ``folder`` some reader reads, each with that reader, sorted."""
         out = []
-        for path in _visible(folder):
+        for path in self.entries(folder):
             io = self.reader(path)
             if io is not None:
                 out.append((path, io))
         return out
 
-    # --- detection ----------------------------------------------------------------------
+    def named(self, folder: Path, stems: Sequence[str]) -> Path | None:
+        """The first entry of ``folder`` named ``stem`` or ``stem.*`` (any case), trying
+        ``stems`` in order: ``named(case, ("segmentation", "label"))``."""
+        entries = self.entries(folder)
+        for stem in stems:
+            for path in entries:
+                name = path.name.lower()
+                if name == stem or name.startswith(stem + "."):
+                    return path
+        return None
 
-    def detect(self) -> str:
-        root = self.root
-        if root.is_file() or self.reader(root) is not None:
-            return "files"
-        names = {p.name for p in root.iterdir()}
-        if names & {"imagesTr", "imagesTs", "dataset.json"}:
-            return "msd"
-        if "images" in names and names & {"masks", "labels"}:
-            return "image2d"
-        folders = [p for p in _visible(root) if p.is_dir()]
-        if any(_named(folder, ("imaging",)) for folder in folders):
-            return "cases"
-        if any(self.reader(folder) is not None for folder in folders):
-            return "dicom"
-        if self.images_in(root):
-            return "files"
-        raise InputError(
-            f"{root}: no dataset layout recognised: expected imagesTr/ (msd), case folders "
-            f"with imaging.* (cases), images/ + masks/ (image2d), image folders (dicom) or "
-            f"image files (files); set data.layout to choose one"
-        )
+    def case_id(self, case_id: str, path: Path) -> str:
+        """``case_id`` checked (it becomes a file name); the error names ``path``."""
+        try:
+            return check_case_id(case_id)
+        except InputError:
+            raise InputError(
+                f"{path}: gives case id {case_id!r}, which is not allowed; rename it using "
+                f"letters, digits, '.', '_' or '-' only"
+            ) from None
 
-    # --- msd / nnU-Net ------------------------------------------------------------------
+    def file_stem(self, path: Path, io: ImageIO | None = None) -> str:
+        """A file's name without its format's suffix (``a.nii.gz`` -> ``a``): a case id to be.
 
-    def msd(self) -> tuple[list[CaseSource], dict[str, Any]]:
-        info: dict[str, Any] = {}
-        listed: list[CaseSource] | None = None
-        json_path = self.root / "dataset.json"
-        if json_path.is_file():
-            try:
-                info = json.loads(json_path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise InputError(f"{json_path}: not valid JSON: {exc}") from None
-            if not isinstance(info, dict):
-                raise InputError(f"{json_path}: expected a JSON object")
-            listed = self.msd_listed(info, json_path)
-        if listed:
-            return listed, info
-        cases = self.msd_folder("imagesTr", "labelsTr", test=False)
-        cases += self.msd_folder("imagesTs", "labelsTs", test=True)
-        return cases, info
-
-    def msd_folder(self, images: str, labels: str | None, test: bool) -> list[CaseSource]:
-        folder = self.root / images
-        if not folder.is_dir():
-            return []
-        channels: dict[str, dict[int, Path]] = {}
-        single: dict[str, Path] = {}
-        for path, io in self.images_in(folder):
-            stem = _stem(io, path)
-            match = _CHANNEL.match(stem)
-            if match:
-                channels.setdefault(match["case"], {})[int(match["channel"])] = path
-            elif stem in single:
-                raise InputError(
-                    f"case id {stem!r} appears twice: {single[stem]} and {path}; "
-                    "rename or remove one"
-                )
-            else:
-                single[stem] = path
-        # `subject_0001`, `subject_0002` without a `subject_0000` are cases, not channels
-        for case_id in [c for c, found in channels.items() if 0 not in found]:
-            for number, path in channels.pop(case_id).items():
-                stem = f"{case_id}_{number:04d}"
-                if stem in single:
-                    raise InputError(
-                        f"case id {stem!r} appears twice: {single[stem]} and {path}; "
-                        "rename or remove one"
-                    )
-                single[stem] = path
-        label_files = {}
-        label_folder = self.root / labels if labels is not None else None
-        if label_folder is not None and label_folder.is_dir():
-            label_files = {_stem(io, p): p for p, io in self.images_in(label_folder)}
-        cases = []
-        counts = set()
-        for case_id in sorted(set(channels) | set(single)):
-            if case_id in channels and case_id in single:
-                raise InputError(
-                    f"case {case_id}: both {single[case_id]} and channel files "
-                    f"{case_id}_0000... exist in {folder}; keep one naming"
-                )
-            if case_id in channels:
-                found = channels[case_id]
-                expected = list(range(len(found)))
-                if sorted(found) != expected:
-                    raise InputError(
-                        f"case {case_id}: channel files {sorted(found)} in {folder} are not "
-                        f"numbered 0000, 0001, ... without gaps"
-                    )
-                paths = tuple(found[i] for i in expected)
-            else:
-                paths = (single[case_id],)
-            counts.add(len(paths))
-            cases.append(
-                CaseSource(_case_id(case_id, paths[0]), paths, label_files.pop(case_id, None), test)
-            )
-        if len(counts) > 1:
-            raise InputError(f"{folder}: cases have different numbers of channel files {counts}")
-        if label_files:
-            orphan = next(iter(label_files.values()))
-            raise InputError(f"{orphan}: a label without an image in {folder}")
-        return cases
-
-    def msd_listed(self, info: dict[str, Any], json_path: Path) -> list[CaseSource]:
-        """Cases from dataset.json's ``training``/``test`` lists (MSD), when it has them."""
-        cases = []
-        training = info.get("training") or []
-        test = info.get("test") or []
-        if not isinstance(training, list) or not isinstance(test, list):
-            raise InputError(f"{json_path}: 'training' and 'test' must be lists")
-        entries: list[tuple[Any, bool]] = [(e, False) for e in training]
-        entries += [(e, True) for e in test]
-        for i, (entry, is_test) in enumerate(entries):
-            where = f"{json_path}: {'test' if is_test else 'training'} entry {i}"
-            if isinstance(entry, str):
-                entry = {"image": entry}
-            if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
-                raise InputError(f"{where}: expected a path or {{'image': ..., 'label': ...}}")
-            image = self.confined(entry["image"], where)
-            images = self.channel_files(image, where)
-            label = None
-            if isinstance(entry.get("label"), str):
-                label = self.confined(entry["label"], where)
-                if not label.exists():
-                    raise InputError(f"{where}: label {label} does not exist")
-            io = self.reader(images[0])
-            stem = _stem(io, image) if io is not None else image.name
-            cases.append(CaseSource(_case_id(stem, image), images, label, is_test))
-        return cases
+        ``io``: the reader of ``path`` (default: ``reader(path)``); a reader forced onto files
+        whose suffix it does not list (``data.io: sitk`` for ``.nii.gz``) still gets ``a``.
+        """
+        io = io if io is not None else self.reader(path)
+        name = path.name.lower()
+        if io is not None and (path.is_dir() or any(name.endswith(s) for s in io.suffixes)):
+            return io.case_id(path)
+        stem = path.name
+        for compression in _COMPRESSION:
+            if name.endswith(compression):
+                stem = stem[: -len(compression)]
+        return Path(stem).stem
 
     def confined(self, relative: str, where: str) -> Path:
-        """A path from dataset.json, which must stay inside the dataset folder."""
+        """A path an index file (``dataset.json``) gives, which must stay inside the dataset.
+
+        Args:
+            relative: the path as written, relative to the dataset folder.
+            where: what gave it, for the error (``dataset.json: training entry 3``).
+        """
         candidate = Path(relative)
         if candidate.is_absolute() or ".." in candidate.parts:
             raise InputError(
@@ -395,94 +370,3 @@ class _Finder:
         if not path.is_relative_to(self.root.resolve()):
             raise InputError(f"{where}: path {relative!r} leaves the dataset folder")
         return self.root / candidate
-
-    def channel_files(self, image: Path, where: str) -> tuple[Path, ...]:
-        """``x.nii.gz`` itself, or ``x_0000.nii.gz, x_0001.nii.gz...`` (nnU-Net renamed it)."""
-        if image.exists():
-            return (image,)
-        name = image.name
-        suffix = ".nii.gz" if name.endswith(".nii.gz") else image.suffix
-        base = name[: len(name) - len(suffix)]
-        found: list[Path] = []
-        while (image.parent / f"{base}_{len(found):04d}{suffix}").exists():
-            found.append(image.parent / f"{base}_{len(found):04d}{suffix}")
-        if found:
-            return tuple(found)
-        raise InputError(f"{where}: image {image} does not exist")
-
-    # --- case folders -------------------------------------------------------------------
-
-    def case_folders(self) -> list[CaseSource]:
-        cases = []
-        for folder in _visible(self.root):
-            if not folder.is_dir():
-                continue
-            image = _named(folder, ("imaging",))
-            if image is None:
-                continue
-            label = _named(folder, ("segmentation",))
-            cases.append(CaseSource(_case_id(folder.name, folder), (image,), label))
-        return cases
-
-    def dicom_folders(self) -> list[CaseSource]:
-        cases = []
-        for folder in _visible(self.root):
-            if not folder.is_dir() or self.reader(folder) is None:
-                continue
-            label = _named(folder, LABEL_STEMS)
-            cases.append(CaseSource(_case_id(folder.name, folder), (folder,), label))
-        return cases
-
-    # --- 2D image folders ---------------------------------------------------------------
-
-    def image_folders(self) -> list[CaseSource]:
-        images = self.root / "images"
-        if not images.is_dir():
-            raise InputError(f"{self.root}: the image2d layout needs an images/ folder")
-        masks = next((self.root / n for n in ("masks", "labels") if (self.root / n).is_dir()), None)
-        mask_files = {}
-        if masks is not None:
-            mask_files = {_stem(io, p): p for p, io in self.images_in(masks)}
-        cases = []
-        for path, io in self.images_in(images):
-            stem = _stem(io, path)
-            cases.append(CaseSource(_case_id(stem, path), (path,), mask_files.pop(stem, None)))
-        if mask_files:
-            orphan = next(iter(mask_files.values()))
-            raise InputError(f"{orphan}: a mask without an image of the same name in {images}")
-        return cases
-
-    # --- plain files --------------------------------------------------------------------
-
-    def files(self) -> list[CaseSource]:
-        root = self.root
-        single = self.reader(root)
-        if root.is_file() or single is not None:
-            if single is None:
-                raise InputError(f"{root}: no installed reader handles this file")
-            return [CaseSource(_case_id(_stem(single, root), root), (root,))]
-        # nnU-Net channel files (<case>_0000, <case>_0001...) are one case, as in imagesTs
-        return self.msd_folder(".", None, test=False)
-
-
-def _stem(io: ImageIO, path: Path) -> str:
-    """The case id a file gives: its name without the format's suffix."""
-    name = path.name.lower()
-    if path.is_dir() or any(name.endswith(s) for s in io.suffixes):
-        return io.case_id(path)
-    # an IO forced onto files it does not name (``io="sitk"`` for .nii.gz)
-    stem = path.name
-    for compression in (".gz", ".bz2", ".xz", ".zst"):
-        if name.endswith(compression):
-            stem = stem[: -len(compression)]
-    return Path(stem).stem
-
-
-def _named(folder: Path, stems: Sequence[str]) -> Path | None:
-    """The first entry of ``folder`` whose name is a stem or starts with ``stem.``."""
-    for stem in stems:
-        for path in _visible(folder):
-            name = path.name.lower()
-            if name == stem or name.startswith(stem + "."):
-                return path
-    return None

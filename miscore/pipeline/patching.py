@@ -15,6 +15,10 @@ Modes (``miscore.core.config.PatchingConfig.mode``):
 - ``random``: random crops (MIScnn's patchwise-crop); a ``foreground_ratio`` share of them is
   centred near a voxel of ``foreground_class`` (or any foreground), as nnU-Net oversamples.
 
+Which training windows ``random`` and ``slice`` take is a ``Sampler`` component's choice
+(``patching.sampler``; the plugins' default is the bundled ``foreground`` sampler, built on
+the helpers here). ``grid``/``full`` training windows and inference windows stay here.
+
 Every random choice takes an explicit ``numpy.random.Generator``: the same seed gives the
 same windows.
 """
@@ -28,14 +32,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from miscore.core.components import Sampler
 from miscore.core.config import PatchingConfig
-from miscore.core.errors import InputError
+from miscore.core.errors import ConfigError, InputError, PluginError
+from miscore.core.registry import Registry
 
 __all__ = [
+    "SAMPLED_MODES",
     "PatchSampler",
     "Window",
     "centred_window",
     "class_locations",
+    "create_sampler",
     "extract_patch",
     "full_window",
     "grid_windows",
@@ -48,6 +56,9 @@ __all__ = [
 
 #: A window: one slice per spatial axis, ``step`` None, possibly reaching past the array.
 Window = tuple[slice, ...]
+
+#: the modes whose training windows a ``Sampler`` chooses
+SAMPLED_MODES: tuple[str, ...] = ("random", "slice")
 
 
 def _check_shapes(shape: Sequence[int], patch_shape: Sequence[int]) -> None:
@@ -261,6 +272,28 @@ def is_blank(label_like: Any, window: Window) -> bool:
 # --- the sampler a loader uses -----------------------------------------------------------
 
 
+def create_sampler(patching: PatchingConfig, registry: Registry) -> Sampler:
+    """The sampler ``patching.sampler`` names, or the plugins' default (``miscore_defaults``).
+
+    Raises ``ComponentNotFoundError``/``ConfigError`` naming ``patching.sampler``.
+    """
+    spec: Any = patching.sampler
+    if spec is None:
+        spec = registry.defaults.get("sampler")
+        if spec is None:
+            raise ConfigError(
+                "patching.sampler: not set, and no installed plugin supplies a default; "
+                "name one in the config"
+            )
+    sampler = registry.create("sampler", spec, "patching.sampler")
+    if not isinstance(sampler, Sampler):
+        raise InputError(
+            f"patching.sampler: {type(sampler).__name__} is not a Sampler; give a name, a "
+            "{name, ...params} mapping or a Sampler"
+        )
+    return sampler
+
+
 class PatchSampler:
     """The windows of one ``PatchingConfig``: training samples per epoch and inference windows.
 
@@ -269,15 +302,13 @@ class PatchSampler:
 
     Args:
         config: the ``patching`` section.
-        max_tries: ``skip_blanks``: random windows tried before falling back to a window
-            centred on foreground.
-        jitter: how far (share of the patch) a forced window's centre may move off its voxel.
+        sampler: the ``Sampler`` that chooses ``random`` and ``slice`` training windows
+            (``create_sampler``); not needed for ``grid`` and ``full`` or for inference.
     """
 
-    def __init__(self, config: PatchingConfig, max_tries: int = 20, jitter: float = 0.25) -> None:
+    def __init__(self, config: PatchingConfig, sampler: Sampler | None = None) -> None:
         self.config = config
-        self.max_tries = max_tries
-        self.jitter = jitter
+        self.sampler = sampler
 
     def patch_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         """The window shape for a volume of ``shape`` (1 on the slice axis in slice mode)."""
@@ -324,10 +355,9 @@ class PatchSampler:
                 ``skip_blanks``; and for foreground oversampling when ``locations`` is None.
             locations: ``class_locations`` of the label, e.g. stored by the cache.
 
-        ``grid`` mode gives every grid window in random order, ``full`` the whole volume,
-        ``slice`` and ``random`` ``samples_per_case`` windows, each forced onto foreground
-        with probability ``foreground_ratio``. With ``skip_blanks`` no window holds only
-        background; a case without any foreground then gives no windows.
+        ``grid`` mode gives every grid window in random order, ``full`` the whole volume (with
+        ``skip_blanks``, those holding only background are dropped); ``slice`` and ``random``
+        the ``samples_per_case`` windows the sampler chooses.
         """
         config = self.config
         patch = self.patch_shape(shape)
@@ -337,27 +367,47 @@ class PatchSampler:
             order = rng.permutation(len(windows))
             windows = [windows[i] for i in order]
             return [w for w in windows if not (skip and is_blank(label, w))]
+        if self.sampler is None:
+            raise InputError(
+                f"patching.mode {config.mode!r} needs a sampler to choose training windows: "
+                "PatchSampler(config, create_sampler(config, registry))"
+            )
         if locations is None and label is not None and (config.foreground_ratio > 0 or skip):
             locations = class_locations(np.asarray(label), rng)
-        locations = locations or {}
-        out: list[Window] = []
-        for _ in range(config.samples_per_case):
-            voxels = None
-            if rng.random() < config.foreground_ratio:
-                voxels = pick_foreground(locations, rng, config.foreground_class)
-            window = sample_patch_slices(shape, patch, rng, voxels, self.jitter)
-            if skip and voxels is None:
-                tries = 1
-                while is_blank(label, window) and tries < self.max_tries:
-                    window = random_window(shape, patch, rng)
-                    tries += 1
-                if is_blank(label, window):
-                    fallback = pick_foreground(locations, rng)
-                    if fallback is None:
-                        return []  # nothing but background in this case
-                    window = sample_patch_slices(shape, patch, rng, fallback, self.jitter)
-            out.append(window)
-        return out
+        shape = tuple(int(n) for n in shape)
+        windows = self.sampler.windows(
+            shape,
+            patch,
+            config.samples_per_case,
+            dict(locations or {}),
+            rng,
+            label=label,
+            patching=config,
+        )
+        return [self._checked(w, shape, patch) for w in windows]
+
+    def _checked(self, window: Any, shape: tuple[int, ...], patch: tuple[int, ...]) -> Window:
+        """A sampler's window, as the loader needs it: patch-sized and touching the volume."""
+        assert self.sampler is not None
+        ok = (
+            isinstance(window, tuple)
+            and len(window) == len(shape)
+            and all(isinstance(s, slice) and s.step in (None, 1) for s in window)
+        )
+        if ok:
+            try:
+                ok = all(
+                    int(s.stop) - int(s.start) == p and int(s.stop) > 0 and int(s.start) < n
+                    for s, p, n in zip(window, patch, shape, strict=True)
+                )
+            except (TypeError, ValueError):
+                ok = False
+        if not ok:
+            raise PluginError(
+                f"sampler {self.sampler.name!r} gave the window {window!r}; a window is a tuple "
+                f"of {len(shape)} slices of the patch shape {patch} overlapping the volume {shape}"
+            )
+        return tuple(slice(int(s.start), int(s.stop)) for s in window)
 
     def extract(self, array_like: Any, window: Window, pad_value: float = 0.0) -> npt.NDArray[Any]:
         """``extract_patch``, with the slice axis dropped in ``slice`` mode (2D patches)."""

@@ -200,8 +200,10 @@ def test_layout_override_and_forced_io(registry: miscore.Registry, tmp_path: Pat
     save(tmp_path / "imagesTr" / "a_0000.nii.gz", image_array(1))
     with pytest.raises(miscore.InputError, match="no cases found for layout 'cases'"):
         Dataset.discover(tmp_path, registry, layout="cases")
-    with pytest.raises(miscore.InputError, match="unknown layout"):
+    with pytest.raises(miscore.ComponentNotFoundError, match="no layout named 'kits'; installed"):
         Dataset.discover(tmp_path, registry, layout="kits")
+    with pytest.raises(miscore.InputError, match=r"data\.layout: .*did you mean 'msd'"):
+        Dataset.discover(tmp_path / "nope", registry, layout="msdd")  # before the path check
     forced = Dataset.discover(tmp_path, registry, io="sitk")
     case = forced.load("a")
     assert case.image.meta["format"] == "sitk"

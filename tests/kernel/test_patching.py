@@ -1,9 +1,13 @@
-"""Patch windows: grid coverage, padding, foreground oversampling, blank skipping, seeds."""
+"""Patch windows: grid coverage, padding, foreground oversampling, blank skipping, seeds,
+and the samplers (plugins) that choose random and slice training windows."""
 
 from __future__ import annotations
 
+import functools
 import math
+import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,12 +18,23 @@ from miscore.core.config import PatchingConfig
 from miscore.pipeline.patching import (
     PatchSampler,
     class_locations,
+    create_sampler,
     extract_patch,
     grid_windows,
     pick_foreground,
     sample_patch_slices,
     window_region,
 )
+
+
+@functools.cache
+def installed() -> miscore.Registry:
+    return miscore.PluginManager(disabled=(), trace=False).registry
+
+
+def patch_sampler(config: PatchingConfig) -> PatchSampler:
+    """What the loader uses: the sampler ``config`` names, or the plugins' default."""
+    return PatchSampler(config, create_sampler(config, installed()))
 
 
 def coverage(shape: tuple[int, ...], windows: list[tuple[slice, ...]]) -> np.ndarray:
@@ -123,7 +138,7 @@ def test_foreground_share_follows_the_ratio(ratio: float, cls: int | None) -> No
         foreground_class=cls,
         samples_per_case=400,
     )
-    sampler = PatchSampler(config)
+    sampler = patch_sampler(config)
     rng = np.random.default_rng(42)
     windows = sampler.training_windows(label.shape, rng, label=label)
     assert len(windows) == 400
@@ -175,15 +190,17 @@ def test_skip_blanks_never_yields_a_background_patch() -> None:
         skip_blanks=True,
         samples_per_case=100,
     )
-    windows = PatchSampler(config).training_windows(label.shape, np.random.default_rng(0), label)
+    windows = patch_sampler(config).training_windows(label.shape, np.random.default_rng(0), label)
     assert len(windows) == 100
     assert all(contains(label, w) for w in windows)
     grid = PatchingConfig(mode="grid", patch_shape=[16, 16, 8], skip_blanks=True, overlap=0.0)
-    grid_kept = PatchSampler(grid).training_windows(label.shape, np.random.default_rng(0), label)
+    grid_kept = patch_sampler(grid).training_windows(label.shape, np.random.default_rng(0), label)
     assert 0 < len(grid_kept) < len(grid_windows(label.shape, (16, 16, 8), 0.0))
     assert all(contains(label, w) for w in grid_kept)
     blank = np.zeros_like(label)
-    assert PatchSampler(config).training_windows(label.shape, np.random.default_rng(0), blank) == []
+    assert (
+        patch_sampler(config).training_windows(label.shape, np.random.default_rng(0), blank) == []
+    )
 
 
 def test_same_seed_same_windows() -> None:
@@ -191,7 +208,7 @@ def test_same_seed_same_windows() -> None:
     config = PatchingConfig(
         mode="random", patch_shape=[16, 16, 8], samples_per_case=30, skip_blanks=True
     )
-    sampler = PatchSampler(config)
+    sampler = patch_sampler(config)
 
     def draw(seed: int) -> list[tuple[slice, ...]]:
         return sampler.training_windows(label.shape, np.random.default_rng(seed), label)
@@ -206,7 +223,7 @@ def test_slice_mode_gives_2d_patches() -> None:
     config = PatchingConfig(
         mode="slice", slice_axis=2, foreground_ratio=1.0, foreground_class=2, samples_per_case=20
     )
-    sampler = PatchSampler(config)
+    sampler = patch_sampler(config)
     assert sampler.patch_shape(label.shape) == (64, 64, 1)
     windows = sampler.training_windows(label.shape, np.random.default_rng(0), label)
     assert {w[2].start for w in windows} <= {25, 26}  # the slices holding class 2
@@ -216,11 +233,11 @@ def test_slice_mode_gives_2d_patches() -> None:
     assert len(inference) == 32
     assert coverage(label.shape, inference).min() == 1
     in_plane = PatchingConfig(mode="slice", slice_axis=0, patch_shape=[32, 32])
-    assert PatchSampler(in_plane).patch_shape(label.shape) == (1, 32, 32)
+    assert patch_sampler(in_plane).patch_shape(label.shape) == (1, 32, 32)
 
 
 def test_full_mode_is_one_window() -> None:
-    sampler = PatchSampler(PatchingConfig(mode="full"))
+    sampler = patch_sampler(PatchingConfig(mode="full"))
     assert sampler.training_windows((9, 8, 7), np.random.default_rng(0)) == [
         (slice(0, 9), slice(0, 8), slice(0, 7))
     ]
@@ -228,6 +245,135 @@ def test_full_mode_is_one_window() -> None:
 
 
 def test_patch_shape_must_match_the_volume() -> None:
-    sampler = PatchSampler(PatchingConfig(mode="random", patch_shape=[16, 16]))
+    sampler = patch_sampler(PatchingConfig(mode="random", patch_shape=[16, 16]))
     with pytest.raises(miscore.InputError, match="3 spatial axes"):
         sampler.training_windows((32, 32, 32), np.random.default_rng(0))
+
+
+# --- samplers: plugins choose the random and slice training windows ----------------------
+
+
+def bounds(windows: list[tuple[slice, ...]]) -> list[tuple[tuple[int, int], ...]]:
+    return [tuple((s.start, s.stop) for s in w) for w in windows]
+
+
+def test_the_default_sampler_gives_the_windows_it_always_gave() -> None:
+    # recorded with the sampler the kernel had before samplers were plugins
+    assert installed().defaults["sampler"] == {"name": "foreground"}
+    label = blob_label()
+    config = PatchingConfig(
+        mode="random",
+        patch_shape=[16, 16, 8],
+        samples_per_case=6,
+        foreground_ratio=0.5,
+        skip_blanks=True,
+    )
+    windows = patch_sampler(config).training_windows(
+        label.shape, np.random.default_rng(2024), label
+    )
+    assert bounds(windows) == [
+        ((4, 20), (1, 17), (5, 13)),
+        ((48, 64), (45, 61), (20, 28)),
+        ((2, 18), (0, 16), (1, 9)),
+        ((47, 63), (45, 61), (21, 29)),
+        ((41, 57), (48, 64), (19, 27)),
+        ((0, 16), (1, 17), (0, 8)),
+    ]
+    slices = PatchingConfig(
+        mode="slice",
+        slice_axis=2,
+        patch_shape=[32, 32],
+        samples_per_case=3,
+        foreground_ratio=1.0,
+        foreground_class=2,
+    )
+    windows = patch_sampler(slices).training_windows(label.shape, np.random.default_rng(5), label)
+    assert bounds(windows) == [
+        ((32, 64), (32, 64), (26, 27)),
+        ((32, 64), (32, 64), (25, 26)),
+        ((32, 64), (32, 64), (25, 26)),
+    ]
+    named = config.model_copy(update={"sampler": miscore.ComponentSpec(name="foreground")})
+    again = patch_sampler(named).training_windows(label.shape, np.random.default_rng(2024), label)
+    assert again == windows_of(config, label, 2024)
+
+
+def windows_of(config: PatchingConfig, label: np.ndarray, seed: int) -> list[tuple[slice, ...]]:
+    return patch_sampler(config).training_windows(label.shape, np.random.default_rng(seed), label)
+
+
+class CentreSampler(miscore.Sampler):
+    """Every window in the middle of the volume (a test sampler)."""
+
+    name = "centre"
+
+    class Params(miscore.Params):
+        shift: int = 0
+
+    params: Params
+
+    def windows(
+        self,
+        shape: tuple[int, ...],
+        patch_shape: tuple[int, ...],
+        count: int,
+        foreground: Any,
+        rng: np.random.Generator,
+        *,
+        label: Any,
+        patching: miscore.PatchingConfig,
+    ) -> list[tuple[slice, ...]]:
+        starts = [(n - p) // 2 + self.params.shift for n, p in zip(shape, patch_shape, strict=True)]
+        window = tuple(slice(a, a + p) for a, p in zip(starts, patch_shape, strict=True))
+        return [window] * count
+
+
+@pytest.fixture
+def with_centre(installed_plugins: miscore.PluginManager) -> miscore.Registry:
+    plugin = types.SimpleNamespace(
+        miscore_register_samplers=miscore.hookimpl(lambda: [CentreSampler])
+    )
+    installed_plugins.register(plugin, "centre_sampler")
+    return installed_plugins.registry
+
+
+def test_a_plugin_sampler_chooses_the_training_windows(with_centre: miscore.Registry) -> None:
+    label = blob_label()
+    config = PatchingConfig(
+        mode="random", patch_shape=[16, 16, 8], samples_per_case=4, sampler={"name": "centre"}
+    )
+    sampler = PatchSampler(config, create_sampler(config, with_centre))
+    windows = sampler.training_windows(label.shape, np.random.default_rng(0), label)
+    assert bounds(windows) == [((24, 40), (24, 40), (12, 20))] * 4
+    shifted = config.model_copy(update={"sampler": {"name": "centre", "shift": 2}})
+    sampler = PatchSampler(shifted, create_sampler(shifted, with_centre))
+    assert bounds(sampler.training_windows(label.shape, np.random.default_rng(0)))[0] == (
+        (26, 42),
+        (26, 42),
+        (14, 22),
+    )
+    # grid training windows and inference windows are not a sampler's
+    grid = PatchingConfig(mode="grid", patch_shape=[32, 32, 32], sampler={"name": "centre"})
+    every = PatchSampler(grid).training_windows(label.shape, np.random.default_rng(0))
+    assert sorted(bounds(every)) == sorted(bounds(grid_windows(label.shape, (32, 32, 32), 0.5)))
+
+
+def test_sampler_names_and_params_are_checked(with_centre: miscore.Registry) -> None:
+    config = PatchingConfig(mode="random", patch_shape=[16, 16, 8], sampler={"name": "centr"})
+    with pytest.raises(
+        miscore.ComponentNotFoundError,
+        match=r"patching\.sampler\.name: no sampler named 'centr' \(did you mean 'centre'\?\)",
+    ):
+        create_sampler(config, with_centre)
+    typo = config.model_copy(update={"sampler": {"name": "foreground", "jiter": 0.1}})
+    with pytest.raises(miscore.ConfigError, match=r"patching\.sampler\.foreground\.jiter"):
+        create_sampler(typo, with_centre)
+
+
+def test_a_sampler_giving_wrong_windows_is_named(with_centre: miscore.Registry) -> None:
+    config = PatchingConfig(
+        mode="random", patch_shape=[16, 16, 8], sampler={"name": "centre", "shift": 99}
+    )
+    sampler = PatchSampler(config, create_sampler(config, with_centre))
+    with pytest.raises(miscore.PluginError, match="sampler 'centre' gave the window"):
+        sampler.training_windows(blob_label().shape, np.random.default_rng(0))
