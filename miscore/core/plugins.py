@@ -5,11 +5,11 @@ them calls ``pm.hook.<name>(...)`` with keyword arguments, so ``tryfirst``/``try
 ``wrapper=True`` implementations and tracing work as in any pluggy project.
 
 Isolation: the implementations of the hooks in ``ISOLATED_HOOKS`` (registration, defaults,
-output formats, commands) are wrapped when their plugin is registered. The wrapper catches an
-exception, records it as a ``PluginFailure`` naming the plugin, and lets pluggy go on with the
-other implementations; it also notes which plugin returned which value, so that the registry
-knows who registered what. Lifecycle hooks are not isolated: ``miscore_configure`` raising
-``ConfigError`` is how a plugin refuses a config.
+output formats, commands) are wrapped when their plugin is registered (``isolation.py``). The
+wrapper catches an exception, records it as a ``PluginFailure`` naming the plugin, and lets
+pluggy go on with the other implementations; it also notes which plugin returned which value,
+so that the registry knows who registered what. Lifecycle hooks are not isolated:
+``miscore_configure`` raising ``ConfigError`` is how a plugin refuses a config.
 
 Name clashes: when two plugins register one component name, the implementation pluggy calls
 first wins (``tryfirst``, then plain, then ``trylast``; among equals the plugin registered
@@ -24,15 +24,13 @@ Environment switches (documented in docs/plugins/index.md):
 
 from __future__ import annotations
 
-import functools
 import importlib
 import importlib.metadata
 import importlib.util
-import inspect
 import os
 import re
 import sys
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -43,6 +41,7 @@ import pluggy
 from miscore.core import hookspecs
 from miscore.core.components import REGISTRATION_HOOKS
 from miscore.core.errors import InputError, PluginError
+from miscore.core.isolation import HookCall, HookMonitor, RegisteredPlugin, isolate
 from miscore.core.registry import (
     ComponentInfo,
     PluginFailure,
@@ -74,7 +73,6 @@ ISOLATED_HOOKS: frozenset[str] = frozenset(
         "miscore_register_commands",
     }
 )
-_IMPL_MARKER = "miscore_impl"  # where pluggy's HookimplMarker("miscore") keeps its options
 
 
 @dataclass
@@ -158,190 +156,6 @@ def _api_version(text: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-# --- isolation: per-implementation wrappers ------------------------------------------------
-
-
-@dataclass
-class _HookCall:
-    """What the wrapped implementations did during one call of an isolated hook."""
-
-    observe: Callable[[], dict[int, str]] | None = None
-    #: (plugin, value) for every value an implementation returned or a wrapper added
-    returned: list[tuple[str, object]] = field(default_factory=list)
-    failures: list[PluginFailure] = field(default_factory=list)
-    #: plugin -> what ``observe`` found new after its implementation ran (command names)
-    added: dict[str, list[str]] = field(default_factory=dict)
-    _before: dict[int, str] = field(default_factory=dict)
-
-    def origin(self, value: object) -> str:
-        """The plugin that returned ``value`` (by identity)."""
-        for plugin, returned in self.returned:
-            if returned is value:
-                return plugin
-        return "unknown"
-
-
-class _HookMonitor:
-    """Receives the reports of the per-implementation wrappers for the current hook call."""
-
-    def __init__(self) -> None:
-        self._calls: list[_HookCall] = []
-        #: failures of isolated implementations called outside the manager's methods
-        self.unclaimed: list[PluginFailure] = []
-
-    def start(self, observe: Callable[[], dict[int, str]] | None = None) -> _HookCall:
-        call = _HookCall(observe=observe)
-        self._calls.append(call)
-        return call
-
-    def stop(self) -> None:
-        self._calls.pop()
-
-    def failed(self, plugin: str, hook: str, exc: BaseException) -> None:
-        failure = PluginFailure(plugin, hook, f"{type(exc).__name__}: {exc}")
-        (self._calls[-1].failures if self._calls else self.unclaimed).append(failure)
-
-    def returned(self, plugin: str, value: object) -> None:
-        if self._calls and value is not None:
-            self._calls[-1].returned.append((plugin, value))
-
-    def wrapped(self, plugin: str, result: object) -> None:
-        """A wrapper's result: the items no implementation returned are the wrapper's."""
-        if not self._calls or not isinstance(result, list):
-            return
-        call = self._calls[-1]
-        for item in result:
-            if not any(value is item for _, value in call.returned):
-                call.returned.append((plugin, item))
-
-    def enter(self, plugin: str) -> None:
-        if self._calls and self._calls[-1].observe is not None:
-            call = self._calls[-1]
-            assert call.observe is not None
-            call._before = call.observe()
-
-    def leave(self, plugin: str) -> None:
-        if self._calls and self._calls[-1].observe is not None:
-            call = self._calls[-1]
-            assert call.observe is not None
-            new = [name for key, name in call.observe().items() if key not in call._before]
-            if new:
-                call.added.setdefault(plugin, []).extend(new)
-
-
-def _isolated_impl(
-    function: Callable[..., Any], plugin: str, hook: str, monitor: _HookMonitor
-) -> Callable[..., Any]:
-    """A plain implementation that records an exception instead of raising it."""
-
-    def isolated(*args: Any, **kwargs: Any) -> Any:
-        monitor.enter(plugin)
-        try:
-            value = function(*args, **kwargs)
-        except Exception as exc:
-            monitor.failed(plugin, hook, exc)
-            return None  # pluggy leaves None out of the results
-        finally:
-            monitor.leave(plugin)
-        monitor.returned(plugin, value)
-        return value
-
-    return isolated
-
-
-def _isolated_wrapper(
-    function: Callable[..., Any],
-    plugin: str,
-    hook: str,
-    monitor: _HookMonitor,
-    *,
-    old_style: bool,
-) -> Callable[..., Generator[None, Any, Any]]:
-    """A ``wrapper=True`` implementation (or an old-style ``hookwrapper`` run as one) whose
-    failing setup or teardown is recorded and skipped: the call goes on without it."""
-
-    def isolated(*args: Any, **kwargs: Any) -> Generator[None, Any, Any]:
-        monitor.enter(plugin)
-        try:
-            teardown = function(*args, **kwargs)
-            next(teardown)
-        except Exception as exc:  # StopIteration included: a wrapper that did not yield
-            monitor.failed(plugin, hook, exc)
-            return (yield)
-        finally:
-            monitor.leave(plugin)
-        if old_style:
-            return (yield from _old_style_teardown(teardown, plugin, hook, monitor))
-        try:
-            result = yield
-        except BaseException as exc:  # not a plugin failure: those never reach here
-            try:
-                teardown.throw(exc)
-            except StopIteration as stop:
-                return stop.value
-            teardown.close()
-            raise RuntimeError(f"plugin {plugin!r}: the {hook} wrapper yields twice") from exc
-        monitor.enter(plugin)
-        try:
-            teardown.send(result)
-        except StopIteration as stop:
-            value = stop.value
-        except Exception as exc:
-            monitor.failed(plugin, hook, exc)
-            return result
-        else:
-            teardown.close()
-            monitor.failed(plugin, hook, RuntimeError("the wrapper yields twice"))
-            return result
-        finally:
-            monitor.leave(plugin)
-        if isinstance(result, list) and not isinstance(value, list):
-            monitor.failed(plugin, hook, TypeError(f"the wrapper returned {value!r}, not a list"))
-            return result
-        monitor.wrapped(plugin, value)
-        return value
-
-    return isolated
-
-
-def _old_style_teardown(
-    teardown: Generator[None, Any, Any], plugin: str, hook: str, monitor: _HookMonitor
-) -> Generator[None, Any, Any]:
-    """The second half of an old-style hookwrapper: it gets a ``pluggy.Result`` to inspect
-    or change (``force_result``), as pluggy gives it."""
-    try:
-        outcome: pluggy.Result[Any] = pluggy.Result((yield), None)
-    except BaseException as exc:
-        outcome = pluggy.Result(None, exc)
-    monitor.enter(plugin)
-    try:
-        teardown.send(outcome)
-    except StopIteration:
-        pass
-    except Exception as exc:
-        monitor.failed(plugin, hook, exc)
-    else:
-        teardown.close()
-        monitor.failed(plugin, hook, RuntimeError("the hookwrapper yields twice"))
-    finally:
-        monitor.leave(plugin)
-    value = outcome.get_result()
-    monitor.wrapped(plugin, value)
-    return value
-
-
-class _RegisteredPlugin:
-    """What pluggy registers for a plugin: its hook implementations, the isolated ones
-    wrapped. pluggy reads the hookimpl options from each function, as for the plugin."""
-
-    def __init__(self, plugin: object, impls: dict[str, Callable[..., Any]]) -> None:
-        self._miscore_plugin = plugin
-        self.__dict__.update(impls)
-
-    def __repr__(self) -> str:
-        return repr(self._miscore_plugin)
-
-
 def _command_names(app: typer.Typer) -> dict[int, str]:
     """The commands and command groups of a typer app, by identity: id -> name."""
     names: dict[int, str] = {}
@@ -382,7 +196,7 @@ class PluginManager:
     ) -> None:
         self._pm = pluggy.PluginManager("miscore")
         self._pm.add_hookspecs(hookspecs)
-        self._monitor = _HookMonitor()
+        self._monitor = HookMonitor()
         self._info: dict[str, PluginInfo] = {}
         self._failures: list[PluginFailure] = []
         self._registry: Registry | None = None
@@ -436,7 +250,7 @@ class PluginManager:
         self._registry = None
         return name
 
-    def _registered_plugin(self, plugin: object, name: str) -> _RegisteredPlugin:
+    def _registered_plugin(self, plugin: object, name: str) -> RegisteredPlugin:
         """The object pluggy registers for ``plugin``: isolated hooks wrapped."""
         impls: dict[str, Callable[..., Any]] = {}
         for attr in dir(plugin):
@@ -446,26 +260,9 @@ class PluginManager:
             function: Callable[..., Any] = getattr(plugin, attr)
             hook = opts.get("specname") or attr
             if hook in ISOLATED_HOOKS:
-                function = self._isolate(function, dict(opts), name, hook)
+                function = isolate(function, dict(opts), name, hook, self._monitor)
             impls[attr] = function
-        return _RegisteredPlugin(plugin, impls)
-
-    def _isolate(
-        self, function: Callable[..., Any], opts: dict[str, Any], plugin: str, hook: str
-    ) -> Callable[..., Any]:
-        is_wrapper = bool(opts.get("wrapper") or opts.get("hookwrapper"))
-        if is_wrapper and not inspect.isgeneratorfunction(function):
-            return function  # pluggy refuses it at registration, with its own message
-        isolated: Callable[..., Any]
-        if is_wrapper:
-            old_style = bool(opts.get("hookwrapper"))
-            isolated = _isolated_wrapper(function, plugin, hook, self._monitor, old_style=old_style)
-            opts = {**opts, "wrapper": True, "hookwrapper": False}  # run as a new-style wrapper
-        else:
-            isolated = _isolated_impl(function, plugin, hook, self._monitor)
-        functools.update_wrapper(isolated, function)  # pluggy reads argument names through it
-        setattr(isolated, _IMPL_MARKER, opts)
-        return isolated
+        return RegisteredPlugin(plugin, impls)
 
     def unregister(self, name: str) -> None:
         """Remove a plugin by name (no error when it is not registered)."""
@@ -516,7 +313,7 @@ class PluginManager:
         hook_name: str,
         observe: Callable[[], dict[int, str]] | None = None,
         **kwargs: Any,
-    ) -> tuple[list[tuple[str, Any]], _HookCall]:
+    ) -> tuple[list[tuple[str, Any]], HookCall]:
         """Call an isolated hook through pluggy.
 
         Returns ``(plugin, value)`` for each value in the hook's result, in pluggy's call
