@@ -31,6 +31,7 @@ from miscore.core.hookspecs import hookimpl
 from miscore.core.plugins import PluginManager
 from miscore.core.volume import Volume
 from miscore.data.dataset import Dataset
+from miscore.pipeline.crossval import CrossValidationReport, cross_validate
 
 #: keyword -> (config section, field) for Pipeline(**overrides)
 SHORTCUTS: dict[str, tuple[str, str]] = {
@@ -240,13 +241,11 @@ class Pipeline:
         data: Dataset | Path | str,
         out: Path | str = "crossval",
         **options: Any,
-    ) -> Any:
-        """Train and evaluate every fold; see ``miscore.pipeline.crossval.cross_validate``."""
-        import importlib
-
-        crossval = importlib.import_module("miscore.pipeline.crossval")
+    ) -> CrossValidationReport:
+        """Train and evaluate every fold; see ``miscore.pipeline.crossval.cross_validate``
+        for the ``options`` (scheme, folds, epochs, cache, metrics, resume...)."""
         root = data.root if isinstance(data, Dataset) else data
-        return crossval.cross_validate(self.config, root, out, plugins=self.plugins, **options)
+        return cross_validate(self.config, root, out, plugins=self.plugins, **options)
 
 
 class Model:

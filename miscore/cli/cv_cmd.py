@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -34,64 +34,84 @@ def _print_summary(report: CrossValidationReport) -> None:
     Console().print(table)
 
 
+ConfigArg = Annotated[Path, typer.Argument(help="The YAML config file.")]
+DataOption = Annotated[
+    Path | None, typer.Option("--data", help="Dataset folder (else config data.path).")
+]
+OutOption = Annotated[Path, typer.Option("--out", help="Cross-validation folder to write.")]
+SchemeOption = Annotated[
+    str,
+    typer.Option(
+        "--scheme",
+        help="Validation scheme, seeded by training.seed: kfold, loo, split, explicit or "
+        "another registered evaluator (`miscore plugins` lists them).",
+    ),
+]
+FoldsOption = Annotated[int, typer.Option("--folds", min=2, help="Folds of kfold.")]
+SplitOption = Annotated[
+    float | None,
+    typer.Option("--split", min=0.0, max=1.0, help="Test fraction of 'split' (default 0.2)."),
+]
+TrainListOption = Annotated[
+    Path | None,
+    typer.Option("--train-list", help="'explicit': file of training case ids, one a line."),
+]
+TestListOption = Annotated[
+    Path | None,
+    typer.Option("--test-list", help="'explicit': file of test case ids, one a line."),
+]
+SplitsOption = Annotated[
+    Path | None,
+    typer.Option("--splits", help="Reuse the folds of a splits.json (--scheme is ignored)."),
+]
+OnlySplitsOption = Annotated[
+    bool, typer.Option("--only-splits", help="Write splits.json and stop (no training).")
+]
+EpochsOption = Annotated[
+    int | None, typer.Option("--epochs", min=1, help="Override training.epochs.")
+]
+CacheOption = Annotated[
+    str | None, typer.Option("--cache", help="Cache location (above MISCORE_CACHE_DIR).")
+]
+MetricOption = Annotated[
+    list[str] | None,
+    typer.Option("--metric", "-m", help="Metric of the report (repeatable; default: all)."),
+]
+OverlaysOption = Annotated[
+    bool,
+    typer.Option("--overlays/--no-overlays", help="Write a GIF (PNG in 2D) per test case."),
+]
+ResumeOption = Annotated[
+    bool, typer.Option("--resume", help="Keep finished folds in --out, continue the rest.")
+]
+DecisionOption = Annotated[
+    bool,
+    typer.Option(
+        "--postprocessing-decision/--no-postprocessing-decision",
+        help="Write the decided inference.keep_largest into the fold models; the --no "
+        "form keeps the config's (the decision is still reported).",
+    ),
+]
+
+
 def cv(
     ctx: typer.Context,
-    config: Annotated[Path, typer.Argument(help="The YAML config file.")],
-    data: Annotated[
-        Path | None, typer.Option("--data", help="Dataset folder (else config data.path).")
-    ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Cross-validation folder to write.")] = Path(
-        "crossval"
-    ),
-    scheme: Annotated[
-        Literal["kfold", "loo", "split", "explicit"],
-        typer.Option("--scheme", help="Validation scheme, seeded by training.seed."),
-    ] = "kfold",
-    folds: Annotated[int, typer.Option("--folds", min=2, help="Folds of kfold.")] = 3,
-    split: Annotated[
-        float | None,
-        typer.Option("--split", min=0.0, max=1.0, help="Test fraction of 'split' (default 0.2)."),
-    ] = None,
-    train_list: Annotated[
-        Path | None,
-        typer.Option("--train-list", help="'explicit': file of training case ids, one a line."),
-    ] = None,
-    test_list: Annotated[
-        Path | None,
-        typer.Option("--test-list", help="'explicit': file of test case ids, one a line."),
-    ] = None,
-    splits: Annotated[
-        Path | None,
-        typer.Option("--splits", help="Reuse the folds of a splits.json (--scheme is ignored)."),
-    ] = None,
-    only_splits: Annotated[
-        bool, typer.Option("--only-splits", help="Write splits.json and stop (no training).")
-    ] = False,
-    epochs: Annotated[
-        int | None, typer.Option("--epochs", min=1, help="Override training.epochs.")
-    ] = None,
-    cache: Annotated[
-        str | None, typer.Option("--cache", help="Cache location (above MISCORE_CACHE_DIR).")
-    ] = None,
-    metric: Annotated[
-        list[str] | None,
-        typer.Option("--metric", "-m", help="Metric of the report (repeatable; default: all)."),
-    ] = None,
-    overlays: Annotated[
-        bool,
-        typer.Option("--overlays/--no-overlays", help="Write a GIF (PNG in 2D) per test case."),
-    ] = True,
-    resume: Annotated[
-        bool, typer.Option("--resume", help="Keep finished folds in --out, continue the rest.")
-    ] = False,
-    postprocessing_decision: Annotated[
-        bool,
-        typer.Option(
-            "--postprocessing-decision/--no-postprocessing-decision",
-            help="Write the decided inference.keep_largest into the fold models; the --no "
-            "form keeps the config's (the decision is still reported).",
-        ),
-    ] = True,
+    config: ConfigArg,
+    data: DataOption = None,
+    out: OutOption = Path("crossval"),
+    scheme: SchemeOption = "kfold",
+    folds: FoldsOption = 3,
+    split: SplitOption = None,
+    train_list: TrainListOption = None,
+    test_list: TestListOption = None,
+    splits: SplitsOption = None,
+    only_splits: OnlySplitsOption = False,
+    epochs: EpochsOption = None,
+    cache: CacheOption = None,
+    metric: MetricOption = None,
+    overlays: OverlaysOption = True,
+    resume: ResumeOption = False,
+    postprocessing_decision: DecisionOption = True,
 ) -> None:
     """Cross-validate: split the labelled cases, train each fold, predict and score its
     test cases; write models, predictions, metrics, plots and overlays to --out.
@@ -110,33 +130,41 @@ def cv(
     dataset = data or (Path(settings.data.path) if settings.data.path else None)
     if dataset is None:
         raise InputError("no dataset: give --data DATA or set data.path in the config")
-    train_ids = read_case_list(train_list) if train_list is not None else None
-    test_ids = read_case_list(test_list) if test_list is not None else None
+    split_options: dict[str, Any] = {
+        "scheme": scheme,
+        "folds": folds,
+        "split": split,
+        "train_list": read_case_list(train_list) if train_list is not None else None,
+        "test_list": read_case_list(test_list) if test_list is not None else None,
+        "splits_file": splits,
+        "plugins": cli.plugins,
+    }
     if only_splits:
-        made, path = plan_splits(
-            settings, dataset, out, scheme=scheme, folds=folds, split=split,
-            train_list=train_ids, test_list=test_ids, splits_file=splits, plugins=cli.plugins,
-        )  # fmt: skip
+        made, path = plan_splits(settings, dataset, out, **split_options)
         for fold in made:
             print(f"{fold.name}: {len(fold.train)} train, {len(fold.test)} test")
         print(f"folds: {path}")
         return
     import_tensorflow_quietly(cli.debug)
     report = cross_validate(
-        settings, dataset, out, scheme=scheme, folds=folds, split=split,
-        train_list=train_ids, test_list=test_ids, splits_file=splits, plugins=cli.plugins,
-        epochs=epochs, cache=cache, metrics=list(metric or DEFAULT_METRICS), overlays=overlays,
-        resume=resume, apply_postprocessing=postprocessing_decision,
-        local_plugins=cli.local_plugins, log=cli.log,
+        settings, dataset, out, **split_options, epochs=epochs, cache=cache,
+        metrics=list(metric or DEFAULT_METRICS), overlays=overlays, resume=resume,
+        apply_postprocessing=postprocessing_decision, local_plugins=cli.local_plugins,
+        log=cli.log,
     )  # fmt: skip
     if not cli.quiet:
         _print_summary(report)
+    print(_finished_line(report, out))
+
+
+def _finished_line(report: CrossValidationReport, out: Path) -> str:
+    """The last line: where the folder is, and the postprocessing decision."""
     decided = ""
     if report.postprocessing is not None:  # the per-class Dice went to the log
         setting = report.postprocessing.keep_largest
         written = "" if report.postprocessing.applied else ", not written"
         decided = f"; inference.keep_largest {str(setting).lower()}{written}"
-    print(
+    return (
         f"cross-validation: {out} ({len(report.folds)} folds; report {out / 'report.json'}"
         f"{decided})"
     )

@@ -128,75 +128,82 @@ def _print_summary(report: EvaluationReport, n_cases: int) -> None:
     Console().print(table)
 
 
+PredArg = Annotated[
+    Path,
+    typer.Argument(help="Folder of predicted label maps (or one file).", show_default=False),
+]
+GtArg = Annotated[
+    Path,
+    typer.Argument(help="Folder of ground-truth label maps (or one file).", show_default=False),
+]
+OutOption = Annotated[
+    Path | None,
+    typer.Option("--out", "-o", help="Write the per-case, per-class rows to this TSV file."),
+]
+SummaryOption = Annotated[
+    Path | None,
+    typer.Option("--summary", help="Write the summary (mean, std, median) to this TSV file."),
+]
+ReportOption = Annotated[
+    Path | None, typer.Option("--report", help="Write the whole report to this JSON file.")
+]
+JsonOption = Annotated[
+    bool, typer.Option("--json", help="Print the whole report as JSON instead of a table.")
+]
+ClassesOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--classes",
+        "-c",
+        help="Class ids to evaluate: '--classes 1,2' or '--classes 1 --classes 2'. "
+        "Default: every class > 0 found.",
+    ),
+]
+MetricOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--metric",
+        "-m",
+        help="Metric to compute (repeatable); default: dice iou precision recall "
+        "specificity hd95 assd nsd volume_pred_ml volume_true_ml.",
+    ),
+]
+LayoutOption = Annotated[
+    str,
+    typer.Option(
+        "--layout",
+        help="Layout of GT: auto, msd, cases, dicom, image2d or files (a flat folder).",
+    ),
+]
+NsdToleranceOption = Annotated[
+    float | None,
+    typer.Option("--nsd-tolerance", help="Tolerance of 'nsd' in mm (default 1.0).", min=0.0),
+]
+
+
 def evaluate(
     ctx: typer.Context,
-    pred: Annotated[
-        Path,
-        typer.Argument(help="Folder of predicted label maps (or one file).", show_default=False),
-    ],
-    gt: Annotated[
-        Path,
-        typer.Argument(help="Folder of ground-truth label maps (or one file).", show_default=False),
-    ],
-    out: Annotated[
-        Path | None,
-        typer.Option("--out", "-o", help="Write the per-case, per-class rows to this TSV file."),
-    ] = None,
-    summary_out: Annotated[
-        Path | None,
-        typer.Option("--summary", help="Write the summary (mean, std, median) to this TSV file."),
-    ] = None,
-    report_out: Annotated[
-        Path | None, typer.Option("--report", help="Write the whole report to this JSON file.")
-    ] = None,
-    as_json: Annotated[
-        bool, typer.Option("--json", help="Print the whole report as JSON instead of a table.")
-    ] = False,
-    classes: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--classes",
-            "-c",
-            help="Class ids to evaluate: '--classes 1,2' or '--classes 1 --classes 2'. "
-            "Default: every class > 0 found.",
-        ),
-    ] = None,
-    metric: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--metric",
-            "-m",
-            help="Metric to compute (repeatable); default: dice iou precision recall "
-            "specificity hd95 assd nsd volume_pred_ml volume_true_ml.",
-        ),
-    ] = None,
-    layout: Annotated[
-        str,
-        typer.Option(
-            "--layout",
-            help="Layout of GT: auto, msd, cases, dicom, image2d or files (a flat folder).",
-        ),
-    ] = "auto",
-    nsd_tolerance: Annotated[
-        float | None,
-        typer.Option("--nsd-tolerance", help="Tolerance of 'nsd' in mm (default 1.0).", min=0.0),
-    ] = None,
+    pred: PredArg,
+    gt: GtArg,
+    out: OutOption = None,
+    summary_out: SummaryOption = None,
+    report_out: ReportOption = None,
+    as_json: JsonOption = False,
+    classes: ClassesOption = None,
+    metric: MetricOption = None,
+    layout: LayoutOption = "auto",
+    nsd_tolerance: NsdToleranceOption = None,
 ) -> None:
     """Evaluate predicted label maps against ground truth, pairing files by case id.
 
     Prints the summary per class and metric; --out writes every case and class as TSV.
     """
-    from miscore.pipeline.evaluate import DEFAULT_METRICS
     from miscore.pipeline.evaluate import evaluate as run_evaluation
 
     cli: CliState = state(ctx)
     registry = cli.plugins.registry
     class_ids = _parse_classes(classes)
-    specs: list[str | dict[str, object]] = list(metric or DEFAULT_METRICS)
-    if nsd_tolerance is not None:
-        if "nsd" not in specs:
-            raise InputError("--nsd-tolerance: the 'nsd' metric is not asked for")
-        specs = [{"name": "nsd", "tolerance_mm": nsd_tolerance} if s == "nsd" else s for s in specs]
+    specs = _metric_specs(metric, nsd_tolerance)
     truths, pairs, unpredicted = find_pairs(pred, gt, registry, layout)
     if unpredicted:
         cli.log(f"{len(unpredicted)} ground-truth case(s) have no prediction and are skipped")
@@ -209,13 +216,28 @@ def evaluate(
 
     with progress_bar(len(pairs), "evaluating", cli.interactive) as advance:
         report = run_evaluation(volumes(advance), registry, metrics=specs, classes=class_ids)
-    if out is not None:
-        cli.log(f"wrote {report.write_tsv(out)}")
-    if summary_out is not None:
-        cli.log(f"wrote {report.write_summary_tsv(summary_out)}")
-    if report_out is not None:
-        cli.log(f"wrote {report.write_json(report_out)}")
+    for path, write in (
+        (out, report.write_tsv),
+        (summary_out, report.write_summary_tsv),
+        (report_out, report.write_json),
+    ):
+        if path is not None:
+            cli.log(f"wrote {write(path)}")
     if as_json:
         print_json(report.model_dump(mode="json", by_alias=True))
     else:
         _print_summary(report, len(pairs))
+
+
+def _metric_specs(
+    metric: list[str] | None, nsd_tolerance: float | None
+) -> list[str | dict[str, object]]:
+    """The metrics asked for (default: all), with the NSD tolerance when one is given."""
+    from miscore.pipeline.evaluate import DEFAULT_METRICS
+
+    specs: list[str | dict[str, object]] = list(metric or DEFAULT_METRICS)
+    if nsd_tolerance is None:
+        return specs
+    if "nsd" not in specs:
+        raise InputError("--nsd-tolerance: the 'nsd' metric is not asked for")
+    return [{"name": "nsd", "tolerance_mm": nsd_tolerance} if s == "nsd" else s for s in specs]

@@ -35,15 +35,16 @@ import csv
 import io
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from miscore.core.atomic import write_text_atomic
 from miscore.core.components import Evaluator, Fold
 from miscore.core.config import Config
-from miscore.core.errors import InputError
+from miscore.core.errors import ConfigError, InputError
 from miscore.pipeline.evaluate import (
     DEFAULT_METRICS,
     EvaluationReport,
@@ -59,12 +60,18 @@ from miscore.pipeline.postprocessing import LargestComponentTrial, Postprocessin
 
 if TYPE_CHECKING:
     from miscore.core.plugins import PluginManager
+    from miscore.core.registry import Registry
     from miscore.core.volume import Volume
     from miscore.data.dataset import Dataset
     from miscore.pipeline.inference import Predictor
 
-Scheme = Literal["kfold", "loo", "split", "explicit"]
-SCHEMES: tuple[str, ...] = ("kfold", "loo", "split", "explicit")
+#: the options of a scheme (keyword, CLI flag) and the evaluator parameter each one sets
+SCHEME_OPTIONS: dict[str, tuple[str, str]] = {
+    "folds": ("--folds", "folds"),
+    "split": ("--split", "test_fraction"),
+    "train_list": ("--train-list", "train"),
+    "test_list": ("--test-list", "test"),
+}
 
 FORMAT = 1
 SPLITS_FILE = "splits.json"
@@ -177,33 +184,46 @@ def read_case_list(path: Path | str) -> list[str]:
 
 def evaluator_spec(
     scheme: str,
+    registry: Registry,
     *,
     folds: int = 3,
     split: float | None = None,
     train_list: Sequence[str] | None = None,
     test_list: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The evaluator config entry ``{name, **params}`` of a scheme and its options."""
-    if scheme not in SCHEMES:
-        raise InputError(f"scheme: unknown scheme {scheme!r}; use {', '.join(SCHEMES)}")
-    lists = train_list is not None or test_list is not None
-    if lists and scheme != "explicit":
-        raise InputError("train/test lists are for the 'explicit' scheme; add --scheme explicit")
-    if split is not None and scheme != "split":
-        raise InputError("a test fraction (--split) is for the 'split' scheme")
-    if scheme == "kfold":
-        return {"name": "kfold", "folds": folds}
-    if scheme == "loo":
-        return {"name": "loo"}
-    if scheme == "split":
-        return {"name": "split", **({"test_fraction": split} if split is not None else {})}
-    if not lists:
-        raise InputError("scheme explicit: give a train and/or test case list (or --splits)")
-    spec: dict[str, Any] = {"name": "explicit"}
-    if train_list is not None:
-        spec["train"] = list(train_list)
-    if test_list is not None:
-        spec["test"] = list(test_list)
+    """The evaluator config entry ``{name, **params}`` of a scheme and its options.
+
+    The scheme is the name of a registered evaluator. Each option sets the evaluator
+    parameter ``SCHEME_OPTIONS`` names: ``folds`` when the evaluator takes one, the others
+    only when given, and refused (naming the schemes that take them) when it does not.
+    The entry is checked by creating the evaluator.
+    """
+    names = registry.names("evaluator")
+    if scheme not in names:
+        raise InputError(
+            f"scheme: unknown scheme {scheme!r}; installed evaluators: {', '.join(names)}"
+        )
+    fields = registry.get_evaluator(scheme).Params.model_fields
+    given = {"folds": folds, "split": split, "train_list": train_list, "test_list": test_list}
+    spec: dict[str, Any] = {"name": scheme}
+    for option, value in given.items():
+        flag, param = SCHEME_OPTIONS[option]
+        if param in fields and value is not None:
+            spec[param] = list(value) if isinstance(value, (list, tuple)) else value
+        elif value is not None and option != "folds":
+            takers = [n for n in names if param in registry.get_evaluator(n).Params.model_fields]
+            raise InputError(
+                f"{flag} sets {param!r}, which the {scheme!r} scheme does not take; "
+                f"add --scheme {' or '.join(takers) or '(none installed takes it)'}"
+            )
+    try:
+        registry.create("evaluator", spec, "scheme")
+    except ConfigError as exc:
+        flags = [flag for flag, param in SCHEME_OPTIONS.values() if param in fields]
+        hint = (
+            f"; options for them: {', '.join(flags)} (or --splits to reuse folds)" if flags else ""
+        )
+        raise ConfigError(f"{exc}{hint}") from None
     return spec
 
 
@@ -271,7 +291,8 @@ def _split(
     if not ids:
         raise InputError(f"{dataset.root}: no labelled cases to cross-validate")
     spec = None if splits_file is not None else evaluator_spec(
-        scheme, folds=folds, split=split, train_list=train_list, test_list=test_list
+        scheme, plugins.registry, folds=folds, split=split, train_list=train_list,
+        test_list=test_list,
     )  # fmt: skip
     made, recorded = make_folds(ids, plugins, spec, config.training.seed, splits_file)
     path = write_folds(
@@ -373,7 +394,8 @@ def cross_validate(
         config: a validated config (the same for every fold).
         data: the dataset folder (any supported layout).
         out: the cross-validation folder to write (see the module docstring).
-        scheme: ``kfold``, ``loo``, ``split`` or ``explicit``; seeded by ``training.seed``.
+        scheme: a registered evaluator's name (bundled: ``kfold``, ``loo``, ``split``,
+            ``explicit``); seeded by ``training.seed``.
         folds: the number of folds of ``kfold``.
         split: the test fraction of ``split`` (default the evaluator's, 0.2).
         train_list: training case ids of ``explicit`` (default: every case not tested).
@@ -397,14 +419,53 @@ def cross_validate(
     """
     from miscore.core.plugins import PluginManager
     from miscore.data.dataset import Dataset
-    from miscore.pipeline.evaluate import evaluate
-    from miscore.pipeline.inference import load_model
-    from miscore.pipeline.training import train
-    from miscore.pipeline.visualize import plot_fold_curves, plot_metric_boxes
 
     root = Path(out)
     plugins = plugins or PluginManager(local_plugins=local_plugins)
-    registry = plugins.registry
+    splits_file = _check_output(root, resume, splits_file, log)
+    dataset = Dataset.discover(data, plugins.registry, config.data.layout, config.data.io)
+    made, splits_path = _split(config, dataset, root, plugins, scheme, folds, split, train_list,
+                               test_list, splits_file)  # fmt: skip
+    recorded = read_folds_file(splits_path)
+    log(f"{len(made)} fold(s) of {len(recorded.case_ids)} cases; folds in {splits_path}")
+    run = _FoldRun(
+        config=config,
+        data=data,
+        root=root,
+        plugins=plugins,
+        dataset=dataset,
+        epochs=epochs,
+        cache=cache,
+        metrics=metrics,
+        overlays=overlays,
+        resume=resume,
+        local_plugins=local_plugins,
+        log=log,
+    )
+    results = [run.fold(index, fold) for index, fold in enumerate(made)]
+    report = CrossValidationReport(
+        evaluator=recorded.evaluator,
+        seed=config.training.seed,
+        case_ids=recorded.case_ids,
+        metrics=run.metric_names or [str(m if isinstance(m, str) else m["name"]) for m in metrics],
+        classes=run.classes,
+        folds=results,
+    )
+    report.summary = summarize(report.rows, report.metrics, run.classes)
+    report.postprocessing = _settle_postprocessing(
+        run.trial, config, [root / r.model_dir for r in results], apply_postprocessing
+    )
+    log(report.postprocessing.describe())
+    _write_report(report, root, config)
+    log(f"cross-validation written to {root}")
+    return report
+
+
+def _check_output(
+    root: Path, resume: bool, splits_file: Path | str | None, log: Callable[[str], None]
+) -> Path | str | None:
+    """Refuse to overwrite a finished cross-validation; on ``resume``, the splits file to
+    reuse (the given one, else the folder's own)."""
     if not resume and (root / CROSSVAL_FILE).exists():
         raise InputError(
             f"{root}: already holds a cross-validation; use --resume to continue it or "
@@ -413,74 +474,89 @@ def cross_validate(
     if resume and splits_file is None and (root / SPLITS_FILE).is_file():
         splits_file = root / SPLITS_FILE
         log(f"resuming: folds from {splits_file}")
-    dataset = Dataset.discover(data, registry, config.data.layout, config.data.io)
-    made, splits_path = _split(config, dataset, root, plugins, scheme, folds, split, train_list,
-                               test_list, splits_file)  # fmt: skip
-    recorded = read_folds_file(splits_path)
-    log(f"{len(made)} fold(s) of {len(recorded.case_ids)} cases; folds in {splits_path}")
-    classes = list(range(1, config.data.classes))
-    configured = config.inference.largest_component_classes(config.data.classes)
-    trial = LargestComponentTrial(classes)
-    results: list[FoldResult] = []
-    names: list[str] = []
-    for index, fold in enumerate(made):
-        folder = root / f"fold_{index}"
+    return splits_file
+
+
+@dataclass
+class _FoldRun:
+    """What every fold of one cross-validation shares; ``fold`` trains, predicts and scores
+    one, and collects the test cases for the postprocessing decision in ``trial``."""
+
+    config: Config
+    data: Path | str
+    root: Path
+    plugins: PluginManager
+    dataset: Dataset
+    epochs: int | None
+    cache: str | None
+    metrics: Sequence[str | Mapping[str, Any]]
+    overlays: bool
+    resume: bool
+    local_plugins: Sequence[str]
+    log: Callable[[str], None]
+    metric_names: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.classes = list(range(1, self.config.data.classes))
+        #: the config's own keep_largest classes, applied to the fold's predictions
+        self.configured = self.config.inference.largest_component_classes(self.config.data.classes)
+        self.trial = LargestComponentTrial(self.classes)
+
+    def fold(self, index: int, fold: Fold) -> FoldResult:
+        """Train fold ``index`` on its training cases, then predict and score its test cases."""
+        from miscore.pipeline.evaluate import evaluate
+        from miscore.pipeline.inference import load_model
+        from miscore.pipeline.training import train
+
+        folder = self.root / f"fold_{index}"
         model_dir = folder / "model"
         result = FoldResult(
             index=index,
             name=fold.name,
             train=fold.train,
             test=fold.test,
-            model_dir=_relative(model_dir, root),
+            model_dir=_relative(model_dir, self.root),
         )
-        fold_log = _FoldLog(folder / "train.log", f"fold_{index}: ", log)
+        fold_log = _FoldLog(folder / "train.log", f"fold_{index}: ", self.log)
         fold_log(f"training on {len(fold.train)} cases, testing on {len(fold.test)}")
         trained = train(
-            config,
-            data,
+            self.config,
+            self.data,
             model_dir,
-            plugins=plugins,
-            epochs=epochs,
-            resume=resume,
-            cache=cache,
-            local_plugins=local_plugins,
+            plugins=self.plugins,
+            epochs=self.epochs,
+            resume=self.resume,
+            cache=self.cache,
+            local_plugins=self.local_plugins,
             case_ids=fold.train,
             log=fold_log,
         )
         result.epochs, result.monitor, result.best = trained.epochs, trained.monitor, trained.best
         result.history = trained.history
-        predictor = load_model(model_dir, plugins)
-        cases = _predict_fold(predictor, dataset, result, root, overlays, log, trial, configured)
-        scored = evaluate(cases, registry, metrics=metrics, classes=classes)
-        result.rows, names = scored.rows, scored.metrics
-        results.append(result)
+        predictor = load_model(model_dir, self.plugins)
+        cases = _predict_fold(predictor, self.dataset, result, self.root, self.overlays,
+                              self.log, self.trial, self.configured)  # fmt: skip
+        scored = evaluate(cases, self.plugins.registry, metrics=self.metrics, classes=self.classes)
+        result.rows, self.metric_names = scored.rows, scored.metrics
         _release_models()
-    report = CrossValidationReport(
-        evaluator=recorded.evaluator,
-        seed=config.training.seed,
-        case_ids=recorded.case_ids,
-        metrics=names or [str(m if isinstance(m, str) else m["name"]) for m in metrics],
-        classes=classes,
-        folds=results,
-    )
-    report.summary = summarize(report.rows, report.metrics, classes)
-    report.postprocessing = _settle_postprocessing(
-        trial, config, [root / r.model_dir for r in results], apply_postprocessing
-    )
-    log(report.postprocessing.describe())
+        return result
+
+
+def _write_report(report: CrossValidationReport, root: Path, config: Config) -> None:
+    """The tables, report.json and plots; crossval.json last (it marks the folder done)."""
+    from miscore.pipeline.visualize import plot_fold_curves, plot_metric_boxes
+
     write_text_atomic(root / METRICS_FILE, report.to_tsv())
     report.evaluation().write_summary_tsv(root / SUMMARY_FILE)
     report.write_json(root / REPORT_FILE)
     plots = root / PLOTS
-    plot_fold_curves({f"fold_{r.index}": r.history for r in results}, plots)
+    plot_fold_curves({f"fold_{r.index}": r.history for r in report.folds}, plots)
     class_names = config.data.class_names
     for metric in BOX_METRICS:
         if metric in report.metrics and report.rows:
             plot_metric_boxes(report.evaluation(), metric, plots / f"box_{metric}.png", class_names)
-    manifest = EnsembleManifest(models=[r.model_dir for r in results])
+    manifest = EnsembleManifest(models=[r.model_dir for r in report.folds])
     write_text_atomic(root / CROSSVAL_FILE, manifest.model_dump_json(indent=2) + "\n")
-    log(f"cross-validation written to {root}")
-    return report
 
 
 def _settle_postprocessing(

@@ -203,51 +203,17 @@ def analyze_dataset(
         samples_per_case: voxels sampled per case and channel for percentiles and histograms.
         progress: called with a line per case read.
     """
-    rng = np.random.default_rng(seed)
-    per_case: list[CaseFingerprint] = []
-    mismatches: list[str] = []
-    overall: list[_Accumulator] = []
-    foreground: list[_Accumulator] = []
-    class_volumes: dict[int, list[float]] = {}
+    reading = _Reading(np.random.default_rng(seed), samples_per_case)
     for case_id in dataset.ids:
         try:
             case: Case = dataset.load(case_id)
         except InputError as exc:
-            mismatches.append(str(exc))
+            reading.mismatches.append(str(exc))
             continue
         if progress is not None:
             progress(f"analyze: {case_id}")
-        image = case.image
-        while len(overall) < image.channels:
-            overall.append(_Accumulator())
-            foreground.append(_Accumulator())
-        mask = None if case.label is None else case.label.array[..., 0] > 0
-        for c in range(image.channels):
-            channel = image.array[..., c]
-            overall[c].add(channel.reshape(-1), rng, samples_per_case)
-            if mask is not None:
-                foreground[c].add(channel[mask], rng, samples_per_case)
-        counts: dict[int, int] = {}
-        objects: dict[int, int] = {}
-        if case.label is not None:
-            ids, n = np.unique(case.label.array, return_counts=True)
-            counts = {int(i): int(k) for i, k in zip(ids, n, strict=True)}
-            objects = _objects(case.label.array[..., 0], [c for c in counts if c > 0])
-            voxel_ml = float(np.prod(np.linalg.norm(image.affine[:3, :3], axis=0))) / 1000.0
-            for cls, k in counts.items():
-                class_volumes.setdefault(cls, []).append(k * voxel_ml)
-        per_case.append(
-            CaseFingerprint(
-                id=case.id,
-                shape=list(image.spatial_shape),
-                spacing=list(image.spacing),
-                axcodes=_axcodes(image.affine),
-                channels=image.channels,
-                labelled=case.label is not None,
-                class_voxels=counts,
-                class_objects=objects,
-            )
-        )
+        reading.add(case)
+    per_case, mismatches = reading.per_case, reading.mismatches
     if not per_case:
         raise InputError(f"{dataset.root}: no case could be read: " + "; ".join(mismatches[:3]))
     dims = len(per_case[0].shape)
@@ -258,25 +224,7 @@ def analyze_dataset(
         mismatches.append(f"cases have different channel counts: {sorted(channels)}")
     same_dims = [c for c in per_case if len(c.shape) == dims]
     labelled = [c for c in per_case if c.labelled]
-    total = sum(sum(c.class_voxels.values()) for c in labelled)
-    names = _class_names(dataset.info)
-    classes = []
-    for cls in sorted({k for c in labelled for k in c.class_voxels}):
-        voxels = sum(c.class_voxels.get(cls, 0) for c in labelled)
-        volumes = class_volumes.get(cls, [0.0])
-        classes.append(
-            ClassStats(
-                id=cls,
-                name=names.get(cls),
-                voxels=voxels,
-                frequency=voxels / max(total, 1),
-                cases=sum(1 for c in labelled if c.class_voxels.get(cls, 0) > 0),
-                volume_ml_mean=float(np.mean(volumes)),
-                volume_ml_min=float(np.min(volumes)),
-                volume_ml_max=float(np.max(volumes)),
-                one_object_cases=sum(1 for c in labelled if c.class_objects.get(cls) == 1),
-            )
-        )
+    overall, foreground = reading.overall, reading.foreground
     fingerprint = Fingerprint(
         dataset=str(dataset.root),
         layout=dataset.layout,
@@ -297,12 +245,86 @@ def analyze_dataset(
             )
             for c in range(len(overall))
         ],
-        classes=classes,
+        classes=_class_stats(labelled, reading.class_volumes, _class_names(dataset.info)),
         mismatches=mismatches,
         per_case=per_case,
     )
     fingerprint._samples = (overall, foreground)
     return fingerprint
+
+
+class _Reading:
+    """What reading the cases collects: per-case facts, per-channel intensities (all voxels
+    and the foreground's), and each class's volume per case."""
+
+    def __init__(self, rng: np.random.Generator, samples_per_case: int) -> None:
+        self.rng = rng
+        self.samples_per_case = samples_per_case
+        self.per_case: list[CaseFingerprint] = []
+        self.mismatches: list[str] = []
+        self.overall: list[_Accumulator] = []
+        self.foreground: list[_Accumulator] = []
+        self.class_volumes: dict[int, list[float]] = {}
+
+    def add(self, case: Case) -> None:
+        image = case.image
+        while len(self.overall) < image.channels:
+            self.overall.append(_Accumulator())
+            self.foreground.append(_Accumulator())
+        mask = None if case.label is None else case.label.array[..., 0] > 0
+        for c in range(image.channels):
+            channel = image.array[..., c]
+            self.overall[c].add(channel.reshape(-1), self.rng, self.samples_per_case)
+            if mask is not None:
+                self.foreground[c].add(channel[mask], self.rng, self.samples_per_case)
+        counts: dict[int, int] = {}
+        objects: dict[int, int] = {}
+        if case.label is not None:
+            ids, n = np.unique(case.label.array, return_counts=True)
+            counts = {int(i): int(k) for i, k in zip(ids, n, strict=True)}
+            objects = _objects(case.label.array[..., 0], [c for c in counts if c > 0])
+            voxel_ml = float(np.prod(np.linalg.norm(image.affine[:3, :3], axis=0))) / 1000.0
+            for cls, k in counts.items():
+                self.class_volumes.setdefault(cls, []).append(k * voxel_ml)
+        self.per_case.append(
+            CaseFingerprint(
+                id=case.id,
+                shape=list(image.spatial_shape),
+                spacing=list(image.spacing),
+                axcodes=_axcodes(image.affine),
+                channels=image.channels,
+                labelled=case.label is not None,
+                class_voxels=counts,
+                class_objects=objects,
+            )
+        )
+
+
+def _class_stats(
+    labelled: Sequence[CaseFingerprint],
+    class_volumes: dict[int, list[float]],
+    names: dict[int, str],
+) -> list[ClassStats]:
+    """Per class of the labelled cases: voxels, frequency, cases, volumes, one-object cases."""
+    total = sum(sum(c.class_voxels.values()) for c in labelled)
+    classes = []
+    for cls in sorted({k for c in labelled for k in c.class_voxels}):
+        voxels = sum(c.class_voxels.get(cls, 0) for c in labelled)
+        volumes = class_volumes.get(cls, [0.0])
+        classes.append(
+            ClassStats(
+                id=cls,
+                name=names.get(cls),
+                voxels=voxels,
+                frequency=voxels / max(total, 1),
+                cases=sum(1 for c in labelled if c.class_voxels.get(cls, 0) > 0),
+                volume_ml_mean=float(np.mean(volumes)),
+                volume_ml_min=float(np.min(volumes)),
+                volume_ml_max=float(np.max(volumes)),
+                one_object_cases=sum(1 for c in labelled if c.class_objects.get(cls) == 1),
+            )
+        )
+    return classes
 
 
 def _objects(label: np.ndarray, classes: list[int]) -> dict[int, int]:

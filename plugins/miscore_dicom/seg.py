@@ -177,35 +177,13 @@ def write_seg(
 ) -> Path:
     """Write a label Volume as a DICOM SEG referencing the series ``reference`` was read from."""
     import highdicom as hd
-    from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    files = [Path(p) for p in reference.meta.get("files", [])]
-    if reference.meta.get("format") != "dicom" or not files:
-        raise miscore.InputError(
-            f"{path}: a DICOM SEG needs the DICOM series the image was read from; the reference "
-            f"volume has no DICOM source files in its meta"
-        )
-    if volume.channels != 1 or volume.spatial_shape != reference.spatial_shape:
-        raise miscore.InputError(
-            f"{path}: the prediction {volume.array.shape} is not a one-channel label map on the "
-            f"source image grid {reference.spatial_shape}"
-        )
-    values = np.asarray(volume.array[..., 0])
-    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
-        raise miscore.InputError(f"{path}: a DICOM SEG needs integer class ids")
-    if values.size and values.min() < 0:
-        raise miscore.InputError(f"{path}: a DICOM SEG needs class ids >= 0")
+    files, values = _seg_inputs(volume, path, reference)
     top = int(values.max()) if values.size else 0
     n_segments = max(top, 1)
     dtype = np.uint8 if n_segments < 256 else np.uint16
     frames = values.astype(dtype).transpose(2, 1, 0)  # (k, j, i) = (frames, rows, cols)
-    missing = [p for p in files if not p.is_file()]
-    if missing:
-        raise miscore.InputError(
-            f"{missing[0]}: source DICOM file of the prediction is gone; the SEG must reference "
-            f"the series it was predicted from"
-        )
     sources = [_with_type2_attributes(read_dataset(p)) for p in files]
     if reference.meta.get("multiframe"):
         # highdicom wants the frames of a multi-frame source in the file's own frame order
@@ -213,29 +191,12 @@ def write_seg(
         in_file_order = np.zeros_like(frames)
         in_file_order[order] = frames
         frames = in_file_order
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name="miscore",
-        family=codes.cid7162.ArtificialIntelligence,
-        version=miscore.__version__,
-    )
-    names = dict(segment_labels or {})
-    descriptions = [
-        hd.seg.SegmentDescription(
-            segment_number=number,
-            segment_label=names.get(number, f"class {number}"),
-            segmented_property_category=codes.SCT.Tissue,
-            segmented_property_type=codes.SCT.Tissue,
-            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-            algorithm_identification=algorithm,
-        )
-        for number in range(1, n_segments + 1)
-    ]
     try:
         seg = hd.seg.Segmentation(
             source_images=sources,
             pixel_array=frames,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions,
+            segment_descriptions=_segment_descriptions(n_segments, segment_labels),
             series_instance_uid=generate_uid(),
             series_number=900,
             sop_instance_uid=generate_uid(),
@@ -252,3 +213,57 @@ def write_seg(
     with miscore.atomic_output(path) as temp:
         seg.save_as(temp)
     return path
+
+
+def _seg_inputs(
+    volume: miscore.Volume, path: Path, reference: miscore.Volume
+) -> tuple[list[Path], npt.NDArray[Any]]:
+    """The source DICOM files of ``reference`` and the class ids of ``volume``, checked: a
+    one-channel map of integers >= 0 on the source grid, whose source files still exist."""
+    files = [Path(p) for p in reference.meta.get("files", [])]
+    if reference.meta.get("format") != "dicom" or not files:
+        raise miscore.InputError(
+            f"{path}: a DICOM SEG needs the DICOM series the image was read from; the reference "
+            f"volume has no DICOM source files in its meta"
+        )
+    if volume.channels != 1 or volume.spatial_shape != reference.spatial_shape:
+        raise miscore.InputError(
+            f"{path}: the prediction {volume.array.shape} is not a one-channel label map on the "
+            f"source image grid {reference.spatial_shape}"
+        )
+    values = np.asarray(volume.array[..., 0])
+    if values.dtype.kind == "f" and not np.array_equal(values, np.round(values)):
+        raise miscore.InputError(f"{path}: a DICOM SEG needs integer class ids")
+    if values.size and values.min() < 0:
+        raise miscore.InputError(f"{path}: a DICOM SEG needs class ids >= 0")
+    missing = [p for p in files if not p.is_file()]
+    if missing:
+        raise miscore.InputError(
+            f"{missing[0]}: source DICOM file of the prediction is gone; the SEG must reference "
+            f"the series it was predicted from"
+        )
+    return files, values
+
+
+def _segment_descriptions(n_segments: int, segment_labels: Mapping[int, str] | None) -> list[Any]:
+    """One highdicom ``SegmentDescription`` per class 1..n, labelled by ``segment_labels``."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="miscore",
+        family=codes.cid7162.ArtificialIntelligence,
+        version=miscore.__version__,
+    )
+    names = dict(segment_labels or {})
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=names.get(number, f"class {number}"),
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+        )
+        for number in range(1, n_segments + 1)
+    ]

@@ -402,6 +402,31 @@ def sort_and_check(
         single_slice_spacing: the slice axis length (mm) when there is only one frame.
     """
     first = frames[0]
+    _check_same_plane(source, frames)
+    row = first.orientation[:3]
+    col = first.orientation[3:]
+    normal = np.cross(row, col)
+    depth = np.array([float(f.position @ normal) for f in frames])
+    order = np.argsort(depth, kind="stable")
+    ordered = [frames[i] for i in order]
+    depth = depth[order]
+
+    affine = np.eye(4)
+    affine[:3, 0] = row * first.pixel_spacing[1]
+    affine[:3, 1] = col * first.pixel_spacing[0]
+    affine[:3, 3] = ordered[0].position
+    if len(ordered) == 1:
+        affine[:3, 2] = normal * single_slice_spacing
+        return Geometry(ordered, affine)
+    spacing = _check_slice_steps(source, ordered, depth, tolerance)
+    affine[:3, 2] = _step_vector(source, ordered, spacing, tolerance)
+    return Geometry(ordered, affine)
+
+
+def _check_same_plane(source: Path, frames: Sequence[Frame]) -> None:
+    """Every frame has the first one's size, orientation and pixel spacing, and that
+    orientation is two orthogonal unit vectors."""
+    first = frames[0]
     for frame in frames[1:]:
         if (frame.rows, frame.columns) != (first.rows, first.columns):
             raise miscore.InputError(
@@ -430,20 +455,13 @@ def sort_and_check(
             f"{source}: ImageOrientationPatient {list(first.orientation)} is not two "
             f"orthogonal unit vectors"
         )
-    normal = np.cross(row, col)
-    depth = np.array([float(f.position @ normal) for f in frames])
-    order = np.argsort(depth, kind="stable")
-    ordered = [frames[i] for i in order]
-    depth = depth[order]
 
-    affine = np.eye(4)
-    affine[:3, 0] = row * first.pixel_spacing[1]
-    affine[:3, 1] = col * first.pixel_spacing[0]
-    affine[:3, 3] = ordered[0].position
-    if len(ordered) == 1:
-        affine[:3, 2] = normal * single_slice_spacing
-        return Geometry(ordered, affine)
 
+def _check_slice_steps(
+    source: Path, ordered: Sequence[Frame], depth: npt.NDArray[np.float64], tolerance: float
+) -> float:
+    """The median slice spacing, after checking every step: no duplicate positions, no
+    missing slices, no uneven spacing beyond ``tolerance``."""
     steps = np.diff(depth)
     for n, step in enumerate(steps):
         if step < 1e-3:
@@ -468,8 +486,17 @@ def sort_and_check(
                 f"{_name(ordered[n + 1])} where the median is {spacing:.3f} mm (tolerance "
                 f"{tolerance:.0%})"
             )
-    # The exact step (equal to normal * spacing unless the gantry was tilted, which shears it)
-    step_vector = (ordered[-1].position - ordered[0].position) / (len(ordered) - 1)
+    return spacing
+
+
+def _step_vector(
+    source: Path, ordered: Sequence[Frame], spacing: float, tolerance: float
+) -> npt.NDArray[np.float64]:
+    """The exact step from slice to slice (equal to normal * spacing unless the gantry was
+    tilted, which shears it), after checking every slice lies on that line."""
+    step_vector: npt.NDArray[np.float64] = (ordered[-1].position - ordered[0].position) / (
+        len(ordered) - 1
+    )
     positions = np.stack([f.position for f in ordered])
     expected = ordered[0].position + np.arange(len(ordered))[:, None] * step_vector
     off_line = float(np.max(np.linalg.norm(positions - expected, axis=1)))
@@ -478,8 +505,7 @@ def sort_and_check(
             f"{source}: slice positions do not lie on one line (a slice is {off_line:.3f} mm off); "
             f"several stacks in one series are not supported"
         )
-    affine[:3, 2] = step_vector
-    return Geometry(ordered, affine)
+    return step_vector
 
 
 # --- pixels -----------------------------------------------------------------------------

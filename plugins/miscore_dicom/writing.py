@@ -111,9 +111,6 @@ def write_ct_series(
     UIDs are derived from the content (array, affine, folder name), so the same volume gives
     the same files. Values are stored as int16 with RescaleSlope/RescaleIntercept.
     """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
-
     if volume.channels != 1:
         raise miscore.InputError(
             f"{folder}: a DICOM CT series holds one channel; the volume has {volume.channels}"
@@ -124,63 +121,86 @@ def write_ct_series(
     orientation, pixel_spacing, origin, step = slice_geometry(volume.affine, folder)
     stored, slope, intercept = quantise(array)
     seed = _content_seed(volume, folder.name)
-    study_uid = str(volume.meta.get("study_instance_uid") or _uid(seed, "study"))
-    series_uid = _uid(seed, "series")
-    frame_uid = _uid(seed, "frame-of-reference")
-    patient = patient_id or str(volume.meta.get("patient_id") or folder.name)
     normal = np.cross(orientation[:3], orientation[3:])
     thickness = abs(float(step @ normal)) if volume.ndim == 3 else 1.0
     columns, rows, slices = stored.shape
+    patient = patient_id or str(volume.meta.get("patient_id") or folder.name)
+    series = {
+        "StudyInstanceUID": str(volume.meta.get("study_instance_uid") or _uid(seed, "study")),
+        "SeriesInstanceUID": _uid(seed, "series"),
+        "FrameOfReferenceUID": _uid(seed, "frame-of-reference"),
+        **_ct_series_attributes(patient, description),
+        "ImageOrientationPatient": [_ds_number(v) for v in orientation],
+        "PixelSpacing": [_ds_number(v) for v in pixel_spacing],
+        "SliceThickness": _ds_number(thickness),
+        "SpacingBetweenSlices": _ds_number(thickness),
+        "Rows": rows,
+        "Columns": columns,
+        "RescaleSlope": slope,
+        "RescaleIntercept": intercept,
+        "RescaleType": "HU" if slope == "1" else "US",
+    }
     digits = max(4, len(str(slices)))
     with miscore.atomic_output(folder) as temp:
         temp.mkdir()
         for k in range(slices):
-            sop_uid = _uid(seed, f"slice-{k}")
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)
-            meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-            ds = Dataset()
-            ds.file_meta = meta
-            ds.SOPClassUID = CT_IMAGE_STORAGE
-            ds.SOPInstanceUID = sop_uid
-            ds.StudyInstanceUID = study_uid
-            ds.SeriesInstanceUID = series_uid
-            ds.FrameOfReferenceUID = frame_uid
-            ds.Modality = "CT"
-            ds.PatientName = patient
-            ds.PatientID = patient
-            ds.PatientBirthDate = ""
-            ds.PatientSex = ""
-            ds.StudyDate = ""
-            ds.StudyTime = ""
-            ds.StudyID = "1"
-            ds.AccessionNumber = ""
-            ds.ReferringPhysicianName = ""
-            ds.SeriesNumber = 1
-            ds.SeriesDescription = description
-            ds.Manufacturer = "miscore"
-            ds.InstanceNumber = k + 1
-            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
-            ds.PositionReferenceIndicator = ""
-            ds.ImagePositionPatient = [_ds_number(v) for v in origin + k * step]
-            ds.ImageOrientationPatient = [_ds_number(v) for v in orientation]
-            ds.PixelSpacing = [_ds_number(v) for v in pixel_spacing]
-            ds.SliceThickness = _ds_number(thickness)
-            ds.SpacingBetweenSlices = _ds_number(thickness)
-            ds.KVP = ""
-            ds.SamplesPerPixel = 1
-            ds.PhotometricInterpretation = "MONOCHROME2"
-            ds.Rows = rows
-            ds.Columns = columns
-            ds.BitsAllocated = 16
-            ds.BitsStored = 16
-            ds.HighBit = 15
-            ds.PixelRepresentation = 1
-            ds.RescaleSlope = slope
-            ds.RescaleIntercept = intercept
-            ds.RescaleType = "HU" if slope == "1" else "US"
-            ds.PixelData = np.ascontiguousarray(stored[:, :, k].T).astype("<i2").tobytes()
+            ds = _ct_slice(series, _uid(seed, f"slice-{k}"), k, origin + k * step, stored[:, :, k])
             ds.save_as(temp / f"slice_{k:0{digits}d}.dcm", enforce_file_format=True)
     return folder
+
+
+def _ct_series_attributes(patient: str, description: str) -> dict[str, Any]:
+    """The attributes every slice of a written CT series shares, besides UIDs and geometry:
+    patient and study (type 2 ones empty), series, and the int16 pixel format."""
+    return {
+        "SOPClassUID": CT_IMAGE_STORAGE,
+        "Modality": "CT",
+        "PatientName": patient,
+        "PatientID": patient,
+        "PatientBirthDate": "",
+        "PatientSex": "",
+        "StudyDate": "",
+        "StudyTime": "",
+        "StudyID": "1",
+        "AccessionNumber": "",
+        "ReferringPhysicianName": "",
+        "SeriesNumber": 1,
+        "SeriesDescription": description,
+        "Manufacturer": "miscore",
+        "ImageType": ["DERIVED", "SECONDARY", "AXIAL"],
+        "PositionReferenceIndicator": "",
+        "KVP": "",
+        "SamplesPerPixel": 1,
+        "PhotometricInterpretation": "MONOCHROME2",
+        "BitsAllocated": 16,
+        "BitsStored": 16,
+        "HighBit": 15,
+        "PixelRepresentation": 1,
+    }
+
+
+def _ct_slice(
+    series: dict[str, Any],
+    sop_uid: str,
+    k: int,
+    position: npt.NDArray[np.float64],
+    pixels: npt.NDArray[np.int16],
+) -> Any:
+    """Slice ``k`` of a CT series as a pydicom ``Dataset`` with its file meta."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(CT_IMAGE_STORAGE)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPInstanceUID = sop_uid
+    for keyword, value in series.items():
+        setattr(ds, keyword, value)
+    ds.InstanceNumber = k + 1
+    ds.ImagePositionPatient = [_ds_number(v) for v in position]
+    ds.PixelData = np.ascontiguousarray(pixels.T).astype("<i2").tobytes()
+    return ds

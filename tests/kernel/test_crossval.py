@@ -6,23 +6,24 @@ Training every fold is tested through the CLI in tests/cli/test_cv.py.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from miscore import Case, Config, InputError, PluginManager, Volume
+import miscore
+from miscore import Case, Config, Evaluator, Fold, InputError, PluginManager, Volume
 from miscore.pipeline.crossval import (
     CrossValidationReport,
     FoldResult,
-    ensemble_members,
     evaluator_spec,
     plan_splits,
     read_case_list,
 )
 from miscore.pipeline.evaluate import EvaluationRow, read_folds_file, summarize
 from miscore.pipeline.inference import EnsemblePredictor, Predictor, probabilities
-from miscore.pipeline.modeldir import ModelInfo
+from miscore.pipeline.modeldir import ModelInfo, ensemble_members
 from miscore.tools.synth import write_dataset
 
 
@@ -84,10 +85,11 @@ def test_split_and_explicit_schemes(dataset: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"scheme": "bootstrap"}, "unknown scheme 'bootstrap'"),
+        ({"scheme": "bootstrap"}, "unknown scheme 'bootstrap'; installed evaluators: explicit, "),
         ({"scheme": "kfold", "test_list": ["a"]}, "add --scheme explicit"),
-        ({"scheme": "kfold", "split": 0.3}, "for the 'split' scheme"),
-        ({"scheme": "explicit"}, "give a train and/or test case list"),
+        ({"scheme": "loo", "train_list": ["a"]}, "add --scheme explicit"),
+        ({"scheme": "kfold", "split": 0.3}, "add --scheme split"),
+        ({"scheme": "explicit"}, "give 'train' and/or 'test' case ids.*--train-list, --test-list"),
     ],
 )
 def test_scheme_options_that_do_not_fit_are_refused(
@@ -95,7 +97,48 @@ def test_scheme_options_that_do_not_fit_are_refused(
 ) -> None:
     scheme = str(options.pop("scheme"))
     with pytest.raises(InputError, match=message):
-        evaluator_spec(scheme, **options)  # type: ignore[arg-type]
+        evaluator_spec(scheme, PluginManager().registry, **options)  # type: ignore[arg-type]
+
+
+class StratifiedFolds(Evaluator):
+    """A third-party scheme: folds by the first letter of the case id (any option: folds)."""
+
+    name = "by_letter"
+
+    class Params(miscore.Params):
+        folds: int = 2
+
+    def split(self, case_ids: Sequence[str], seed: int) -> list[Fold]:
+        assert isinstance(self.params, StratifiedFolds.Params)
+        ids = sorted(case_ids)
+        return [
+            Fold(
+                name=f"fold_{i}",
+                train=[c for j, c in enumerate(ids) if j % self.params.folds != i],
+                test=[c for j, c in enumerate(ids) if j % self.params.folds == i],
+            )
+            for i in range(self.params.folds)
+        ]
+
+
+class ByLetterPlugin:
+    @miscore.hookimpl
+    def miscore_register_evaluators(self) -> list[type[Evaluator]]:
+        return [StratifiedFolds]
+
+
+def test_a_plugin_evaluator_is_a_scheme(dataset: Path, tmp_path: Path) -> None:
+    plugins = PluginManager()
+    plugins.register(ByLetterPlugin(), "by_letter")
+    assert evaluator_spec("by_letter", plugins.registry, folds=3) == {
+        "name": "by_letter",
+        "folds": 3,
+    }
+    folds, path = plan_splits(
+        Config(), dataset, tmp_path, scheme="by_letter", folds=3, plugins=plugins
+    )
+    assert [len(f.test) for f in folds] == [3, 2, 2]
+    assert read_folds_file(path).evaluator == {"name": "by_letter", "folds": 3}
 
 
 def test_kfold_with_more_folds_than_cases_is_refused(dataset: Path, tmp_path: Path) -> None:

@@ -57,7 +57,7 @@ def test_plan_for_ct_phantoms(
     assert config.data.classes == 3
     patch = config.patching.patch_shape
     assert patch is not None
-    depth = config.model.architecture.params["depth"]
+    depth = config.model.architecture_entry.params["depth"]
     assert all(p % 2**depth == 0 for p in patch)
     assert min(patch) / 2**depth >= 4
     text = plan.to_yaml()
@@ -115,11 +115,11 @@ def test_the_recipe_is_nnunets_and_each_value_says_why(
     fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", registry))
     plan = plan_config(fingerprint, plugins)
     config = plan.config
-    architecture = config.model.architecture.params
+    architecture = config.model.architecture_entry.params
     assert architecture["normalization"] == "instance"  # batch norm's pitfall: planning.md
-    assert config.model.loss.name == "dice_ce"
+    assert config.model.loss_entry.name == "dice_ce"
     assert (config.training.epochs, config.training.steps_per_epoch) == (1000, 250)
-    assert config.training.lr_schedule == "poly"
+    assert config.training.model_dump(mode="json")["lr_schedule"] == "poly"
     names = [a.name for a in config.augmentation]
     assert names[:3] == ["rotate", "scale", "flip"]  # spatial first: one interpolation
     assert "elastic" not in names and {"gamma", "low_resolution"} <= set(names)
@@ -182,13 +182,13 @@ def test_a_plugin_replaces_the_planned_choices(tmp_path: Path) -> None:
     fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", plugins.registry))
     plan = plan_config(fingerprint, plugins)
     model = plan.config.model
-    assert model.loss.name == "focal"
+    assert model.loss_entry.name == "focal"
     assert plan.reasons["model.loss"] == "sparse lesions (3D)"
-    assert model.architecture.name == "unet_plain"
+    assert model.architecture_entry.name == "unet_plain"
     # the planner sizes the depth; the plugin's width stays; the bundled U-Net's
     # normalization (a choice overridden with it) and its reason are gone
-    assert model.architecture.params == {"depth": plan.config.model.architecture.params["depth"],
-                                         "filters": 8}  # fmt: skip
+    params = model.architecture_entry.params
+    assert params == {"depth": params["depth"], "filters": 8}
     assert "instance norm" not in plan.reasons["model.architecture"]
     assert plan.reasons["model.architecture"].startswith("depth ")
     assert [a.name for a in plan.config.augmentation][:3] == ["rotate", "scale", "flip"]
@@ -200,8 +200,8 @@ def test_the_planner_sizes_only_what_the_architecture_takes(tmp_path: Path) -> N
     write_dataset(tmp_path / "data", plugins.registry, n_cases=2, shape=(32, 32, 16), seed=4)
     fingerprint = analyze_dataset(Dataset.discover(tmp_path / "data", plugins.registry))
     plan = plan_config(fingerprint, plugins)
-    assert plan.config.model.architecture.name == "no_depth_net"
-    assert plan.config.model.architecture.params == {}
+    assert plan.config.model.architecture_entry.name == "no_depth_net"
+    assert plan.config.model.architecture_entry.params == {}
     assert "model.architecture" not in plan.reasons
     assert "no_depth_net}\n" in plan.to_yaml()
 
