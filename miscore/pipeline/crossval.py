@@ -49,6 +49,7 @@ from miscore.pipeline.evaluate import (
     DEFAULT_METRICS,
     EvaluationReport,
     EvaluationRow,
+    FoldsFile,
     MetricSummary,
     read_folds_file,
     read_report,
@@ -395,11 +396,12 @@ def cross_validate(
         data: the dataset folder (any supported layout).
         out: the cross-validation folder to write (see the module docstring).
         scheme: a registered evaluator's name (bundled: ``kfold``, ``loo``, ``split``,
-            ``explicit``); seeded by ``training.seed``.
-        folds: the number of folds of ``kfold``.
-        split: the test fraction of ``split`` (default the evaluator's, 0.2).
-        train_list: training case ids of ``explicit`` (default: every case not tested).
-        test_list: test case ids of ``explicit`` (default: every case not trained on).
+            ``explicit``); seeded by ``training.seed``. The next four options set the
+            evaluator's ``folds``, ``test_fraction``, ``train`` and ``test`` (``evaluator_spec``).
+        folds: the number of folds (of ``kfold``).
+        split: the test fraction (of ``split``; default the evaluator's, 0.2).
+        train_list: training case ids (of ``explicit``; default: every case not tested).
+        test_list: test case ids (of ``explicit``; default: every case not trained on).
         splits_file: reuse the folds of a ``splits.json``; ``scheme`` and its options are
             then ignored.
         plugins: the plugin manager; a new one (installed plugins) when None.
@@ -428,34 +430,11 @@ def cross_validate(
                                test_list, splits_file)  # fmt: skip
     recorded = read_folds_file(splits_path)
     log(f"{len(made)} fold(s) of {len(recorded.case_ids)} cases; folds in {splits_path}")
-    run = _FoldRun(
-        config=config,
-        data=data,
-        root=root,
-        plugins=plugins,
-        dataset=dataset,
-        epochs=epochs,
-        cache=cache,
-        metrics=metrics,
-        overlays=overlays,
-        resume=resume,
-        local_plugins=local_plugins,
-        log=log,
-    )
+    run = _FoldRun(config=config, data=data, root=root, plugins=plugins, dataset=dataset,
+                   epochs=epochs, cache=cache, metrics=metrics, overlays=overlays, resume=resume,
+                   local_plugins=local_plugins, log=log)  # fmt: skip
     results = [run.fold(index, fold) for index, fold in enumerate(made)]
-    report = CrossValidationReport(
-        evaluator=recorded.evaluator,
-        seed=config.training.seed,
-        case_ids=recorded.case_ids,
-        metrics=run.metric_names or [str(m if isinstance(m, str) else m["name"]) for m in metrics],
-        classes=run.classes,
-        folds=results,
-    )
-    report.summary = summarize(report.rows, report.metrics, run.classes)
-    report.postprocessing = _settle_postprocessing(
-        run.trial, config, [root / r.model_dir for r in results], apply_postprocessing
-    )
-    log(report.postprocessing.describe())
+    report = run.report(recorded, results, apply_postprocessing)
     _write_report(report, root, config)
     log(f"cross-validation written to {root}")
     return report
@@ -540,6 +519,27 @@ class _FoldRun:
         result.rows, self.metric_names = scored.rows, scored.metrics
         _release_models()
         return result
+
+    def report(
+        self, recorded: FoldsFile, results: list[FoldResult], apply_postprocessing: bool
+    ) -> CrossValidationReport:
+        """The report of the folds run, with the summary and the postprocessing decision
+        (logged, and stored in the fold models when ``apply_postprocessing``)."""
+        requested = [str(m if isinstance(m, str) else m["name"]) for m in self.metrics]
+        report = CrossValidationReport(
+            evaluator=recorded.evaluator,
+            seed=self.config.training.seed,
+            case_ids=recorded.case_ids,
+            metrics=self.metric_names or requested,
+            classes=self.classes,
+            folds=results,
+        )
+        report.summary = summarize(report.rows, report.metrics, self.classes)
+        model_dirs = [self.root / r.model_dir for r in results]
+        decision = _settle_postprocessing(self.trial, self.config, model_dirs, apply_postprocessing)
+        self.log(decision.describe())
+        report.postprocessing = decision
+        return report
 
 
 def _write_report(report: CrossValidationReport, root: Path, config: Config) -> None:
