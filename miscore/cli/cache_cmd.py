@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
@@ -15,7 +15,7 @@ from miscore.core.errors import InputError, MiscoreError, PipelineError
 from miscore.core.progress import progress_bar
 
 if TYPE_CHECKING:
-    from miscore.cache import CaseCache, CaseStore
+    from miscore.cache import CaseCache
     from miscore.core.components import Subfunction
     from miscore.core.config import Config
     from miscore.core.plugins import PluginManager
@@ -109,6 +109,16 @@ def _parse_shard(shard: str | None) -> tuple[int, int]:
     return index, count
 
 
+class BuildResult(NamedTuple):
+    """One case's build: a hit, or built in ``seconds``; a failure has an error and exit code."""
+
+    case_id: str
+    hit: bool
+    seconds: float
+    error: str
+    exit_code: int
+
+
 @dataclass
 class _BuildJob:
     """What building needs, opened once per process (the CLI's, or each worker's)."""
@@ -117,7 +127,7 @@ class _BuildJob:
     manager: PluginManager
     dataset: Dataset
     steps: list[Subfunction]
-    store: CaseStore
+    store: CaseCache
 
     @classmethod
     def open(
@@ -127,7 +137,7 @@ class _BuildJob:
         cache: str | None,
         manager: PluginManager,
     ) -> _BuildJob:
-        from miscore.cache import open_cache
+        from miscore.cache import CaseCache, open_cache
         from miscore.core.config import load_config
         from miscore.data.dataset import Dataset
         from miscore.data.preprocess import build_steps
@@ -145,11 +155,12 @@ class _BuildJob:
         steps = build_steps(config.preprocessing, registry)
         manager.configure(config)
         dataset = Dataset.discover(data, registry, config.data.layout, config.data.io)
-        return cls(config, manager, dataset, steps, open_cache(config, cache))
+        store = open_cache(config, cache)
+        assert isinstance(store, CaseCache)  # cache.enabled is true
+        return cls(config, manager, dataset, steps, store)
 
-    def build(self, case_id: str) -> tuple[str, bool, float, str, int]:
-        """``(case_id, hit, seconds, error, exit_code)``; errors are returned, so one case
-        cannot stop the others."""
+    def build(self, case_id: str) -> BuildResult:
+        """Build one case; errors are returned, so one case cannot stop the others."""
         from miscore.cache import cache_dataset_case
 
         start = time.perf_counter()
@@ -158,8 +169,8 @@ class _BuildJob:
                 self.store, self.dataset, case_id, self.steps, self.manager, self.config
             )
         except MiscoreError as exc:
-            return case_id, False, time.perf_counter() - start, str(exc), exc.exit_code
-        return case_id, hit, time.perf_counter() - start, "", 0
+            return BuildResult(case_id, False, time.perf_counter() - start, str(exc), exc.exit_code)
+        return BuildResult(case_id, hit, time.perf_counter() - start, "", 0)
 
 
 _WORKER: dict[str, _BuildJob] = {}
@@ -177,7 +188,7 @@ def _worker_init(
     )
 
 
-def _worker_build(case_id: str) -> tuple[str, bool, float, str, int]:
+def _worker_build(case_id: str) -> BuildResult:
     return _WORKER["job"].build(case_id)
 
 
@@ -202,18 +213,16 @@ def build(
     index, count = _parse_shard(shard)
     job = _BuildJob.open(config, data, cache, cli.plugins)
     ids = job.dataset.labelled_ids[index::count]
-    where = getattr(job.store, "location", "")
-    cli.log(f"cache {where}: {len(ids)} cases to check (shard {index}/{count})")
-    results: list[tuple[str, bool, float, str, int]] = []
+    cli.log(f"cache {job.store.location}: {len(ids)} cases to check (shard {index}/{count})")
+    results: list[BuildResult] = []
 
     with progress_bar(len(ids), "preprocessing", cli.interactive) as advance:
 
-        def report(result: tuple[str, bool, float, str, int]) -> None:
+        def report(result: BuildResult) -> None:
             results.append(result)
-            case_id, hit, seconds, error, _code = result
-            built = "cached" if hit else f"built in {seconds:.1f} s"
-            status = f"failed: {error}" if error else built
-            cli.log(f"[{len(results)}/{len(ids)}] {case_id}: {status}")
+            built = "cached" if result.hit else f"built in {result.seconds:.1f} s"
+            status = f"failed: {result.error}" if result.error else built
+            cli.log(f"[{len(results)}/{len(ids)}] {result.case_id}: {status}")
             advance()
 
         if workers == 1 or len(ids) <= 1:
@@ -221,15 +230,15 @@ def build(
                 report(job.build(case_id))
         else:
             _build_parallel(config, data, cache, cli.local_plugins, ids, workers, report)
-    failed = [(r[0], r[3]) for r in results if r[3]]
-    hits = sum(1 for r in results if r[1])
+    failed = [r for r in results if r.error]
+    hits = sum(1 for r in results if r.hit)
     cli.log(f"built {len(results) - hits - len(failed)}, cached {hits}, failed {len(failed)}")
     if failed:
         # bad input files (exit 2) unless some case failed for another reason (exit 1)
-        error = InputError if all(r[4] == 2 for r in results if r[3]) else PipelineError
+        error = InputError if all(r.exit_code == 2 for r in failed) else PipelineError
         raise error(
             f"{len(failed)} of {len(ids)} cases failed: "
-            + "; ".join(f"{case_id}: {error}" for case_id, error in failed[:3])
+            + "; ".join(f"{r.case_id}: {r.error}" for r in failed[:3])
             + ("; ..." if len(failed) > 3 else "")
         )
 
@@ -241,7 +250,7 @@ def _build_parallel(
     local_plugins: Sequence[str],
     ids: Sequence[str],
     workers: int,
-    report: Any,
+    report: Callable[[BuildResult], None],
 ) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
