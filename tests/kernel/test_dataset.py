@@ -270,3 +270,126 @@ def test_dicom_style_folders_with_label_beside(
     assert dataset.load("patient2").label is None
     # a single series folder is a one-case dataset
     assert Dataset.discover(tmp_path / "patient2", registry).ids == ["patient2"]
+
+
+# --- layouts are plugins -----------------------------------------------------------------
+
+
+class PairsLayout(miscore.DatasetLayout):
+    """A flat folder of <case>_image.* and <case>_label.* files (a layout for this test)."""
+
+    name = "pairs"
+    looks_like: ClassVar[str] = "<case>_image + <case>_label files"
+
+    def detect(self, root: Path, finder: miscore.DatasetFinder) -> bool:
+        if finder.is_image(root):
+            return False
+        stems = [finder.file_stem(path, io) for path, io in finder.images_in(root)]
+        return any(s.endswith("_label") for s in stems)
+
+    def find(
+        self, root: Path, finder: miscore.DatasetFinder
+    ) -> tuple[list[miscore.CaseSource], dict[str, object]]:
+        files = {finder.file_stem(path, io): path for path, io in finder.images_in(root)}
+        cases = []
+        for stem, path in files.items():
+            if stem.endswith("_image"):
+                case_id = finder.case_id(stem.removesuffix("_image"), path)
+                label = files.get(f"{case_id}_label")
+                cases.append(miscore.CaseSource(case_id, (path,), label))
+        return cases, {"pairs": len(cases)}
+
+
+def with_layouts(plugins: miscore.PluginManager, *layouts: type) -> miscore.Registry:
+    plugin = types.SimpleNamespace(miscore_register_layouts=miscore.hookimpl(lambda: layouts))
+    plugins.register(plugin, "test_layouts")
+    return plugins.registry
+
+
+def test_a_plugin_layout_is_detected_and_used(
+    installed_plugins: miscore.PluginManager, tmp_path: Path
+) -> None:
+    for i in (1, 2):
+        save(tmp_path / f"ct{i}_image.nii.gz", image_array(i))
+        save(tmp_path / f"ct{i}_label.nii.gz", label_array())
+    # the bundled layouts see a folder of images: four unlabelled cases
+    assert Dataset.discover(tmp_path, installed_plugins.registry).layout == "files"
+    registry = with_layouts(installed_plugins, PairsLayout)
+    # at the default priority 0 it is asked before the catch-all files layout (-10)
+    dataset = Dataset.discover(tmp_path, registry)
+    assert dataset.layout == "pairs"
+    assert dataset.ids == ["ct1", "ct2"] and dataset.labelled_ids == ["ct1", "ct2"]
+    assert dataset.info == {"pairs": 2}
+    case = dataset.load("ct2")
+    np.testing.assert_array_equal(case.image.array[..., 0], image_array(2))
+    assert case.label is not None and int(case.label.array.sum()) == int(label_array().sum())
+    assert case.meta["source"]["layout"] == "pairs"
+    # named in the config, without detection
+    assert Dataset.discover(tmp_path, registry, layout="pairs").ids == ["ct1", "ct2"]
+    # and a single image is still the files layout's
+    assert Dataset.discover(tmp_path / "ct1_image.nii.gz", registry).layout == "files"
+
+
+def test_auto_asks_layouts_by_priority_then_name(
+    installed_plugins: miscore.PluginManager, tmp_path: Path
+) -> None:
+    def everything(name_: str, priority: int) -> type:
+        class Everything(PairsLayout):
+            name = name_
+            detect_priority: ClassVar[int] = priority
+
+            def detect(self, root: Path, finder: miscore.DatasetFinder) -> bool:
+                return True
+
+            def find(
+                self, root: Path, finder: miscore.DatasetFinder
+            ) -> tuple[list[miscore.CaseSource], dict[str, object]]:
+                return [miscore.CaseSource("a", (root / "imagesTr" / "a.nii.gz",))], {}
+
+        return Everything
+
+    save(tmp_path / "imagesTr" / "a.nii.gz", image_array(1))
+    registry = with_layouts(
+        installed_plugins,
+        everything("b_low", 0),
+        everything("zz_top", 50),
+        everything("aa_top", 50),
+    )
+    # msd (40) recognises the folder too; 50 comes first, and of two at 50 the first by name
+    assert Dataset.discover(tmp_path, registry, layout="auto").layout == "aa_top"
+
+
+def test_no_layout_recognised_lists_what_each_looks_for(
+    installed_plugins: miscore.PluginManager, tmp_path: Path
+) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    registry = with_layouts(installed_plugins, PairsLayout)
+    with pytest.raises(miscore.InputError, match="no dataset layout recognised") as caught:
+        Dataset.discover(tmp_path, registry)
+    message = str(caught.value)
+    for expected in (
+        "imagesTr/ (msd)",
+        "images/ + masks/ (image2d)",
+        "case folders with imaging.* (cases)",
+        "image folders (dicom)",
+        "<case>_image + <case>_label files (pairs)",
+        "image files (files); set data.layout to choose one",
+    ):
+        assert expected in message
+
+
+def test_a_layout_that_breaks_is_named(
+    installed_plugins: miscore.PluginManager, tmp_path: Path
+) -> None:
+    class Broken(PairsLayout):
+        name = "broken"
+
+        def find(
+            self, root: Path, finder: miscore.DatasetFinder
+        ) -> tuple[list[miscore.CaseSource], dict[str, object]]:
+            return [str(root)], {}  # type: ignore[list-item]
+
+    registry = with_layouts(installed_plugins, Broken)
+    save(tmp_path / "a.nii.gz", image_array(1))
+    with pytest.raises(miscore.PluginError, match="layout 'broken': find\\(\\) must return"):
+        Dataset.discover(tmp_path, registry, layout="broken")

@@ -152,3 +152,74 @@ def test_slice_mode_with_an_in_plane_patch(disk_cache: CaseCache) -> None:
     assert loader.patch_shape == (16, 16)
     x, y = epoch(loader, 0)[0]
     assert x.shape == (2, 16, 16, 1) and y.shape == (2, 16, 16, 3)
+
+
+CENTRE_SAMPLER = '''
+import miscore
+
+
+class CentreSampler(miscore.Sampler):
+    """Every training window in the middle of the case."""
+
+    name = "centre"
+
+    def windows(self, shape, patch_shape, count, foreground, rng, *, label, patching):
+        starts = [(n - p) // 2 for n, p in zip(shape, patch_shape)]
+        return [tuple(slice(a, a + p) for a, p in zip(starts, patch_shape))] * count
+
+
+@miscore.hookimpl
+def miscore_register_samplers():
+    return [CentreSampler]
+'''
+
+
+def test_a_plugin_sampler_picks_the_windows_with_worker_processes_too(
+    disk_cache: CaseCache, tmp_path: Path
+) -> None:
+    plugin = tmp_path / "centre_sampler.py"
+    plugin.write_text(CENTRE_SAMPLER)
+    cases = cached_cases(disk_cache)
+    where = {
+        "cache_root": str(disk_cache.root),
+        "cache_settings": disk_cache.settings,
+        "local_plugins": [str(plugin)],  # as `miscore train --plugin centre_sampler.py`
+    }
+
+    def centre_config(workers: int) -> miscore.Config:
+        return miscore.parse_config(
+            {
+                "data": {"classes": 3},
+                "patching": {
+                    "mode": "random",
+                    "patch_shape": [16, 16, 8],
+                    "samples_per_case": 3,
+                    "sampler": {"name": "centre"},
+                },
+                "training": {"batch_size": 4, "seed": 7, "workers": workers},
+            }
+        )
+
+    default = PatchLoader(cases, config(), [], 3, **where)
+    batches = {}
+    for workers in (1, 2):
+        loader = PatchLoader(cases, centre_config(workers), [], 3, **where)
+        assert loader.workers == workers
+        plan = loader.plan(0)
+        for sample in (s for batch in plan for s in batch):
+            shape = cases[sample.case].spatial_shape
+            assert sample.window == tuple(
+                ((n - p) // 2, (n - p) // 2 + p) for n, p in zip(shape, (16, 16, 8), strict=True)
+            )
+        batches[workers] = epoch(loader, 0)
+        for batch, (x, _) in zip(plan, batches[workers], strict=True):
+            for i, sample in enumerate(batch):
+                window = tuple(slice(a, b) for a, b in sample.window)
+                np.testing.assert_array_equal(x[i], np.asarray(cases[sample.case].image)[window])
+    for (x1, y1), (x2, y2) in zip(batches[1], batches[2], strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    # the default sampler's windows are random ones
+    assert {s.window for batch in default.plan(0) for s in batch} != {
+        s.window for batch in loader.plan(0) for s in batch
+    }
