@@ -593,14 +593,16 @@ def component_records(
     dataset: Dataset | None = None,
     case_ids: Sequence[str] = (),
     also_used: Sequence[tuple[str, str]] = (),
+    sampler: str | None = None,
 ) -> list[ComponentRecord]:
     """Every component a model was made with, and its plugin (``miscore.json``).
 
     The dataset's layout and the readers of the ``case_ids`` files (when a dataset is
-    given), the preprocessing, augmentation, architecture, loss (unless a Keras built-in),
-    rate schedule, callbacks and postprocessors of ``config`` (defaults applied), then
-    ``also_used`` ``(kind, name)`` pairs (e.g. the evaluator of a cross-validation fold).
-    A prediction later names the plugin to install when one it needs is missing.
+    given), the preprocessing, the patch ``sampler`` (the loader's, when it samples), the
+    augmentation, architecture, loss (unless a Keras built-in), rate schedule, callbacks and
+    postprocessors of ``config`` (defaults applied), then ``also_used`` ``(kind, name)``
+    pairs (e.g. the evaluator of a cross-validation fold). A prediction later names the
+    plugin to install when one it needs is missing.
     """
     registry = plugins.registry
     wanted: list[tuple[str, str]] = []
@@ -609,6 +611,8 @@ def component_records(
             wanted.append(("layout", dataset.layout))
         wanted += [("io", name) for name in readers_used(dataset, case_ids)]
     wanted += [("subfunction", s.name) for s in config.preprocessing]
+    if sampler is not None:
+        wanted.append(("sampler", sampler))
     wanted += [("augmentation", a.name) for a in config.augmentation]
     wanted.append(("architecture", config.model.architecture_entry.name))
     if config.model.loss_entry.name in registry.names("loss"):
@@ -739,9 +743,12 @@ def train(
     loader = patch_loader(
         config, [by_id[i] for i in train_ids], components["augmentation"], store, local_plugins
     )
+    sampler = loader.sampler.sampler  # None: the mode cuts no random windows
     info = ModelInfo(
         plugins=plugins.versions(),
-        components=component_records(config, plugins, dataset, ids, also_used),
+        components=component_records(
+            config, plugins, dataset, ids, also_used, sampler.name if sampler else None
+        ),
         input_shape=model_input_shape(config, loader, cases),
         n_classes=config.data.classes,
         training_cases=train_ids,

@@ -67,7 +67,17 @@ def test_the_model_folder_holds_everything_predict_needs(trained: Path) -> None:
     info = json.loads((model / "miscore.json").read_text())
     assert info["input_shape"] == [32, 32, 32, 1]
     assert info["n_classes"] == 2
-    assert {c["plugin"] for c in info["components"]} == {"unet", "losses", "preprocessing"}
+    # every component the model was made with, each with its plugin
+    used = {(c["kind"], c["name"]): c["plugin"] for c in info["components"]}
+    assert {
+        ("io", "nifti"): "nifti",
+        ("subfunction", "clip"): "preprocessing",
+        ("subfunction", "zscore"): "preprocessing",
+        ("augmentation", "flip"): "augment",
+        ("architecture", "unet"): "unet",
+        ("loss", "dice_ce"): "losses",
+        ("lr_schedule", "constant"): "training",
+    }.items() <= used.items()
 
 
 def test_predictions_beat_chance_and_keep_the_oblique_lps_geometry(trained: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import miscore
 from miscore import Case, Config, PluginManager, Volume
 from miscore.pipeline.inference import Predictor
 from miscore.pipeline.modeldir import ModelInfo
@@ -125,3 +126,72 @@ def test_predict_case_keeps_the_largest_component_of_the_configured_classes(
     np.testing.assert_array_equal(raw.array[..., 0], two_blobs())
     every, _ = predictor.predict_case(Case("c", image), keep_largest=True)
     assert int((every.array == 2).sum()) == 8
+
+
+def hollow_cube_with_speck() -> np.ndarray:
+    """Class 1: a 6^3 cube with a 2^3 hole and a one-voxel speck; class 2 inside the hole."""
+    label = np.zeros((12, 12, 12), np.uint8)
+    label[2:8, 2:8, 2:8] = 1
+    label[4:6, 4:6, 4:6] = 0
+    label[4, 4, 4] = 2  # another class in the hole is kept
+    label[10, 10, 10] = 1
+    return label
+
+
+def test_predict_case_runs_the_configured_postprocessors_in_order(tmp_path: Path) -> None:
+    config = Config.model_validate(
+        {
+            "data": {"classes": 3},
+            "inference": {
+                "keep_largest": False,
+                "postprocessing": [
+                    {"name": "remove_small", "min_voxels": 2, "classes": [1]},
+                    "fill_holes",
+                ],
+            },
+        }
+    )
+    info = ModelInfo(input_shape=[12, 12, 12, 1], n_classes=3)
+    predictor = FixedScores(None, config, info, [], PluginManager(), tmp_path)
+    predictor.scores = np.eye(3, dtype=np.float32)[hollow_cube_with_speck()]
+    image = Volume(np.zeros((12, 12, 12, 1), np.float32), np.eye(4))
+    label, _ = predictor.predict_case(Case("c", image))
+    expected = np.zeros((12, 12, 12), np.uint8)
+    expected[2:8, 2:8, 2:8] = 1
+    expected[4, 4, 4] = 2
+    np.testing.assert_array_equal(label.array[..., 0], expected)
+    assert label.array.dtype == np.uint8
+
+
+class Flatten:
+    """A plugin whose postprocessor returns the wrong shape."""
+
+    class Flat(miscore.Postprocessor):
+        name = "flat"
+
+        def apply(self, prediction: Volume, n_classes: int) -> Volume:
+            return Volume(prediction.array[:1])
+
+    @miscore.hookimpl
+    def miscore_register_postprocessors(self) -> list[type[miscore.Postprocessor]]:
+        return [self.Flat]
+
+
+def test_a_postprocessor_that_changes_the_shape_is_named(tmp_path: Path) -> None:
+    plugins = PluginManager()
+    plugins.register(Flatten(), "flatten")
+    config = Config.model_validate({"inference": {"postprocessing": ["flat"]}})
+    info = ModelInfo(input_shape=[12, 12, 12, 1], n_classes=2)
+    predictor = FixedScores(None, config, info, [], plugins, tmp_path)
+    predictor.scores = np.eye(2, dtype=np.float32)[np.zeros((12, 12, 12), np.uint8)]
+    image = Volume(np.zeros((12, 12, 12, 1), np.float32), np.eye(4))
+    with pytest.raises(miscore.PipelineError, match="postprocessor 'flat' returned"):
+        predictor.predict_case(Case("c", image))
+
+
+def test_an_unknown_postprocessor_names_its_field(tmp_path: Path) -> None:
+    config = Config.model_validate({"inference": {"postprocessing": ["fil_holes"]}})
+    info = ModelInfo(input_shape=[12, 12, 12, 1], n_classes=2)
+    predictor = FixedScores(None, config, info, [], PluginManager(), tmp_path)
+    with pytest.raises(miscore.ComponentNotFoundError, match=r"inference.postprocessing\[0\]"):
+        _ = predictor.postprocessors
