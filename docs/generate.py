@@ -65,6 +65,9 @@ KIND_PLACES = {
     "io": "`data.io` (by name; readers are picked by file name when it is null)",
     "evaluator": "`miscore cv --scheme` (parameters from `--folds`, `--split`, the lists)",
     "metric": "`miscore evaluate --metric` and `miscore cv --metric`",
+    "lr_schedule": "`training.lr_schedule`",
+    "callback": "`training.callbacks` entries",
+    "postprocessor": "`inference.postprocessing` entries (after `keep_largest`, in order)",
 }
 
 

@@ -429,7 +429,8 @@ def fit_model(
         folder.write_metadata(config, info)
         schedules = schedule_callbacks(config, monitor, start.saved)
         if start.saved.get("early_stopping", {}).get("stopped"):
-            log(f"early stopping ended this run after epoch {start.initial_epoch}: nothing left")
+            ended = f"early stopping ended this run after epoch {start.initial_epoch}"
+            log(f"{ended}: nothing to resume")
             return TrainResult(folder.path, start.history, start.initial_epoch, start.best, select)
         recorder = make_recorder(
             folder, plugins, start.history, select, start.best, log, schedules, check
