@@ -379,6 +379,10 @@ def _plan_data(
     return data
 
 
+#: the config paths the plugins' choices fill (and may explain in ``reasons``)
+CHOSEN_PATHS = ("model.architecture", "model.loss", "augmentation")
+
+
 def _plan_components(
     plugins: PluginManager,
     ndim: int,
@@ -388,8 +392,9 @@ def _plan_components(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The augmentation list and the model section, as the plugins choose them.
 
-    The plugins' ``miscore_plan_choices`` name the architecture, loss and augmentation; the
-    planner adds the depth and width it sized when the architecture's parameters have them.
+    The plugins' ``miscore_plan_choices`` name the architecture, loss and augmentation (and
+    may explain them, for the paths in ``CHOSEN_PATHS``); the planner adds the depth and
+    width it sized when the architecture's parameters have them.
     """
     choices = plugins.plan_choices(ndim=ndim, thick_axis=thick)
     for key in ("architecture", "loss"):
@@ -399,28 +404,35 @@ def _plan_components(
                 "(hook miscore_plan_choices); install or enable one, e.g. the bundled "
                 f"{'unet' if key == 'architecture' else 'losses'} plugin"
             )
-    chosen = dict(choices["architecture"])
-    fields = plugins.registry.get_architecture(chosen["name"]).Params.model_fields
-    sized = {"depth": depth, "filters": BASE_FILTERS}
-    architecture = {"name": chosen.pop("name")}
-    architecture.update({k: v for k, v in sized.items() if k in fields and k not in chosen})
-    architecture.update(chosen)
-    plugin_reasons = choices["reasons"]
-    why = plugin_reasons.get("model.architecture")
-    if "depth" in architecture and "depth" not in choices["architecture"]:
-        sizing = (
-            f"depth {depth}: the patch's smallest axis keeps >= {MIN_BOTTOM_VOXELS} voxels at "
-            f"the bottom (at most {MAX_DEPTH} poolings)"
-        )
-        why = f"{sizing}; {why}" if why else sizing
-    for path, text in plugin_reasons.items():
-        reasons[path] = text
-    if why:
-        reasons["model.architecture"] = why
+    for path, text in choices["reasons"].items():
+        if path.split("[")[0] in CHOSEN_PATHS:
+            reasons[path] = text
+    architecture = _sized_architecture(plugins, choices["architecture"], depth, reasons)
     augmentation = [dict(entry) for entry in choices.get("augmentation", [])]
     if "augmentation" not in choices:
         reasons["augmentation"] = "no installed plugin plans an augmentation set"
     return augmentation, {"architecture": architecture, "loss": dict(choices["loss"])}
+
+
+def _sized_architecture(
+    plugins: PluginManager, chosen: dict[str, Any], depth: int, reasons: dict[str, str]
+) -> dict[str, Any]:
+    """The chosen architecture entry with the planned ``depth`` and ``filters`` after its name,
+    each where the architecture's ``Params`` have it and the plugin left it open; the depth's
+    reason goes before the plugin's own."""
+    fields = plugins.registry.get_architecture(chosen["name"]).Params.model_fields
+    sized = {"depth": depth, "filters": BASE_FILTERS}
+    architecture = {"name": chosen["name"]}
+    architecture.update({k: v for k, v in sized.items() if k in fields and k not in chosen})
+    architecture.update(chosen)
+    if "depth" in fields and "depth" not in chosen:
+        why = reasons.get("model.architecture")
+        sizing = (
+            f"depth {depth}: the patch's smallest axis keeps >= {MIN_BOTTOM_VOXELS} voxels at "
+            f"the bottom (at most {MAX_DEPTH} poolings)"
+        )
+        reasons["model.architecture"] = f"{sizing}; {why}" if why else sizing
+    return architecture
 
 
 def _plan_training(sizing: _Sizing, memory_gb: float, reasons: dict[str, str]) -> dict[str, Any]:
