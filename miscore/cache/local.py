@@ -86,6 +86,7 @@ class CacheInfo(BaseModel):
 
 
 def _folder_bytes(path: Path) -> int:
+    """Bytes of the files below ``path`` (files removed meanwhile count 0)."""
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
