@@ -158,7 +158,7 @@ class TrainingConfig(Section):
     )
     learning_rate: float = Field(1e-3, gt=0, description="the optimizer's initial rate")
     lr_schedule: ComponentSpec = Field(
-        default_factory=lambda: ComponentSpec(name="constant"),
+        ComponentSpec(name="constant"),
         description="the rate of every step, a registered lr_schedule: poly falls as "
         "(1 - step / all steps) ** 0.9 to 0 at the last step (nnU-Net); constant stays "
         "(reduce_lr_patience may still halve it)",
