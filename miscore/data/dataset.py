@@ -282,7 +282,8 @@ class DatasetFinder:
     def reader(self, path: Path) -> ImageIO | None:
         """The IO that reads ``path`` (a file, or a folder such as a DICOM series), or None.
 
-        The reader ``data.io`` forces, else the registry's choice (``Registry.io_for``).
+        The reader ``data.io`` forces, else the registry's choice (``Registry.reader_for``:
+        the highest ``priority`` of those that can read it).
         """
         if path not in self._readers:
             self._readers[path] = self._find_reader(path)
@@ -291,10 +292,7 @@ class DatasetFinder:
     def _find_reader(self, path: Path) -> ImageIO | None:
         if self.io is not None:
             return self.io if (path.is_file() or self.io.can_read(path)) else None
-        try:
-            return self.registry.io_for(path)
-        except InputError:
-            return None
+        return self.registry.reader_for(path)
 
     def is_image(self, path: Path) -> bool:
         """True when ``path`` is one image: a file, or a folder a reader reads whole (a series).
