@@ -205,7 +205,7 @@ def _detect(root: Path, registry: Registry, finder: DatasetFinder) -> DatasetLay
         try:
             if layout.detect(root, finder):
                 return layout
-        except InputError:
+        except (InputError, OSError):  # the data's fault, not the plugin's
             raise
         except Exception as exc:
             raise PluginError(
@@ -227,7 +227,7 @@ def _find(
     """``layout.find``, its result checked: a plugin that breaks the contract is named."""
     try:
         cases, info = layout.find(root, finder)
-    except InputError:
+    except (InputError, OSError):
         raise
     except Exception as exc:
         raise PluginError(
