@@ -157,11 +157,11 @@ class TrainingConfig(Section):
         "samples, so few cases mean few steps (planned configs set it: nnU-Net uses 250)",
     )
     learning_rate: float = Field(1e-3, gt=0, description="the optimizer's initial rate")
-    lr_schedule: ComponentSpec = Field(
-        ComponentSpec(name="constant"),
-        description="the rate of every step, a registered lr_schedule: poly falls as "
-        "(1 - step / all steps) ** 0.9 to 0 at the last step (nnU-Net); constant stays "
-        "(reduce_lr_patience may still halve it)",
+    lr_schedule: ComponentSpec | None = Field(
+        None,
+        description="the rate of every step, a registered lr_schedule (bundled: poly falls as "
+        "(1 - step / all steps) ** 0.9 to 0 at the last step, nnU-Net's; cosine; constant); "
+        "None: the initial rate throughout (reduce_lr_patience may still halve it)",
     )
     callbacks: list[ComponentSpec] = Field(
         default_factory=list,
@@ -200,15 +200,18 @@ class TrainingConfig(Section):
     )
 
     @field_serializer("lr_schedule")
-    def _name_when_plain(self, spec: ComponentSpec) -> str | dict[str, Any]:
+    def _name_when_plain(self, spec: ComponentSpec | None) -> str | dict[str, Any] | None:
         """A schedule without params is written as its name (``lr_schedule: poly``)."""
+        if spec is None:
+            return None
         return spec.name if not spec.params else {"name": spec.name, **spec.params}
 
     @model_validator(mode="after")
     def _one_rate_rule(self) -> TrainingConfig:
-        if self.lr_schedule.name != "constant" and self.reduce_lr_patience is not None:
+        schedule = self.lr_schedule
+        if schedule is not None and schedule.name != "constant" and self.reduce_lr_patience:
             raise ValueError(
-                f"lr_schedule {self.lr_schedule.name!r} sets the rate of every step; "
+                f"lr_schedule {schedule.name!r} sets the rate of every step; "
                 "reduce_lr_patience cannot change it too: leave one of them out"
             )
         return self
@@ -370,9 +373,10 @@ def load_config(path: Path | str) -> Config:
 def apply_defaults(config: Config, registry: Registry) -> Config:
     """The config with what it left out taken from the plugins' defaults (``miscore_defaults``).
 
-    Fills ``model.architecture`` and ``model.loss`` when None and replaces ``default``
-    entries of ``augmentation`` by the default set. A config without gaps is returned as is;
-    otherwise a validated copy. Raises ``ConfigError`` naming the field no plugin fills.
+    Fills ``model.architecture``, ``model.loss`` and ``patching.sampler`` when None and
+    replaces ``default`` entries of ``augmentation`` by the default set. A config without
+    gaps is returned as is; otherwise a validated copy. Raises ``ConfigError`` naming the
+    field no plugin fills.
     """
     defaults = registry.defaults
     data = config.model_dump(mode="json")
@@ -396,6 +400,9 @@ def apply_defaults(config: Config, registry: Registry) -> Config:
             expanded.extend(defaults["augmentation"] if entry["name"] == DEFAULT else [entry])
         data["augmentation"] = expanded
         changed = True
+    if data["patching"]["sampler"] is None and "sampler" in defaults:
+        data["patching"]["sampler"] = defaults["sampler"]
+        changed = True
     return parse_config(data, "config with the plugins' defaults") if changed else config
 
 
@@ -403,8 +410,10 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
     """Create every component the config names, validating each one's params.
 
     Defaults are applied first (``apply_defaults``). Returns the created components:
-    ``preprocessing`` and ``augmentation`` lists and the ``architecture`` and ``loss``
-    objects. Raises ``ConfigError``/``ComponentNotFoundError`` with the field path.
+    ``preprocessing``, ``augmentation``, ``callbacks`` and ``postprocessors`` lists, the
+    ``architecture`` and ``loss`` objects, and ``lr_schedule`` and ``sampler`` when the
+    config has them. Names ``data.io`` and ``data.layout`` are checked too. Raises
+    ``ConfigError``/``ComponentNotFoundError`` with the field path.
     """
     preprocessing = build_steps(config.preprocessing, registry)  # its errors first
     config = apply_defaults(config, registry)
@@ -420,11 +429,29 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
         ),
         "loss": _loss(config, registry),
     }
-    if config.data.io is not None:
-        try:
-            registry.get_io(config.data.io)
-        except ComponentNotFoundError as exc:
-            raise ComponentNotFoundError(f"data.io: {exc}") from None
+    if config.training.lr_schedule is not None:
+        created["lr_schedule"] = registry.create(
+            "lr_schedule", config.training.lr_schedule, "training.lr_schedule"
+        )
+    created["callbacks"] = [
+        registry.create("callback", spec, f"training.callbacks[{i}]")
+        for i, spec in enumerate(config.training.callbacks)
+    ]
+    created["postprocessors"] = [
+        registry.create("postprocessor", spec, f"inference.postprocessing[{i}]")
+        for i, spec in enumerate(config.inference.postprocessing)
+    ]
+    if config.patching.sampler is not None:
+        created["sampler"] = registry.create("sampler", config.patching.sampler, "patching.sampler")
+    for field, kind, name in (
+        ("data.io", "io", config.data.io),
+        ("data.layout", "layout", config.data.layout),
+    ):
+        if name is not None and name != "auto":
+            try:
+                registry.get(kind, name)
+            except ComponentNotFoundError as exc:
+                raise ComponentNotFoundError(f"{field}: {exc}") from None
     return created
 
 

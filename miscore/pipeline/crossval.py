@@ -337,10 +337,10 @@ def _predict_fold(
 ) -> Iterator[tuple[str, Volume, Volume]]:
     """Predict, write and picture each test case; yield ``(id, prediction, truth)``.
 
-    Each case is predicted once without postprocessing, scored into ``trial``, and then has
-    the largest component of the ``keep_largest`` classes (the config's) kept.
+    Each case is predicted once without postprocessing and scored into ``trial``; then the
+    largest component of the ``keep_largest`` classes (the config's) is kept and the
+    configured postprocessors run, in the order ``miscore predict`` uses.
     """
-    from miscore.pipeline.postprocessing import keep_largest_component
     from miscore.pipeline.visualize import overlay_suffix, save_overlay
 
     folder = root / f"fold_{fold.index}"
@@ -349,10 +349,10 @@ def _predict_fold(
         case = dataset.load(case_id)
         if case.label is None:
             raise InputError(f"case {case_id}: has no label; test cases need one to be scored")
-        label, _ = predictor.predict_case(case, keep_largest=False)
-        trial.add(case_id, label.array, case.label.array)
-        if keep_largest:
-            label = label.with_array(keep_largest_component(label.array, keep_largest))
+        raw, _ = predictor.predict_case(case, postprocess=False)
+        trial.add(case_id, raw.array, case.label.array)
+        # as `miscore predict` would: the config's keep_largest, then inference.postprocessing
+        label = predictor.postprocess(raw, keep_largest=list(keep_largest))
         source = dataset.source(case_id)
         writer = dataset.io_for(source.images[0])
         target = folder / "predictions" / f"{case_id}{writer.write_suffix}"
@@ -432,7 +432,8 @@ def cross_validate(
     log(f"{len(made)} fold(s) of {len(recorded.case_ids)} cases; folds in {splits_path}")
     run = _FoldRun(config=config, data=data, root=root, plugins=plugins, dataset=dataset,
                    epochs=epochs, cache=cache, metrics=metrics, overlays=overlays, resume=resume,
-                   local_plugins=local_plugins, log=log)  # fmt: skip
+                   local_plugins=local_plugins, log=log,
+                   used=[] if splits_file is not None else [("evaluator", scheme)])  # fmt: skip
     results = [run.fold(index, fold) for index, fold in enumerate(made)]
     report = run.report(recorded, results, apply_postprocessing)
     _write_report(report, root, config)
@@ -473,6 +474,8 @@ class _FoldRun:
     resume: bool
     local_plugins: Sequence[str]
     log: Callable[[str], None]
+    #: components to record in each fold model's miscore.json besides the training ones
+    used: list[tuple[str, str]] = field(default_factory=list)
     metric_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -509,6 +512,7 @@ class _FoldRun:
             local_plugins=self.local_plugins,
             case_ids=fold.train,
             log=fold_log,
+            also_used=self.used,
         )
         result.epochs, result.monitor, result.best = trained.epochs, trained.monitor, trained.best
         result.history = trained.history

@@ -274,12 +274,14 @@ class Predictor:
         tta: bool | None = None,
         with_probabilities: bool = False,
         keep_largest: bool | list[int] | None = None,
+        postprocess: bool = True,
     ) -> tuple[Volume, Volume | None]:
         """Predict one case; returns the label map on the case's grid (and probabilities).
 
         ``overlap``, ``blend``, ``tta`` and ``keep_largest`` override the config's
         ``inference`` settings. The label map is postprocessed on the case's grid
-        (``postprocess``): as written and scored (and as ``miscore cv`` decided it).
+        (``postprocess``): as written and scored (and as ``miscore cv`` decided it);
+        ``postprocess=False`` returns the network's labels as they are.
         """
         ready = preprocess_case(case, self.steps, training=False)
         channels = self.info.input_shape[-1]
@@ -292,9 +294,9 @@ class Predictor:
         scores = self.class_scores(image, overlap, blend, tta)
         label = labels_from_scores(scores, self.config.inference.threshold)
         on_grid = postprocess_prediction(ready.image.with_array(label), ready, self.steps)
-        prediction = self.postprocess(
-            Volume(on_grid.array, case.image.affine, dict(case.image.meta)), keep_largest
-        )
+        prediction = Volume(on_grid.array, case.image.affine, dict(case.image.meta))
+        if postprocess:
+            prediction = self.postprocess(prediction, keep_largest)
         probs: Volume | None = None
         if with_probabilities:
             back = postprocess_prediction(

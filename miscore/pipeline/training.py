@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import keras
 
     from miscore.cache import CachedCase
-    from miscore.core.components import Augmentation
+    from miscore.core.components import Augmentation, Sampler
     from miscore.core.plugins import PluginManager
     from miscore.data.dataset import Dataset
     from miscore.pipeline.loader import PatchLoader
@@ -84,12 +84,15 @@ def build_loss(config: Config, plugins: PluginManager, n_classes: int) -> Any:
 
 
 def learning_rate(config: Config, plugins: PluginManager, total_steps: int) -> Any:
-    """The rate of ``training.lr_schedule`` (a registered component) over ``total_steps``.
+    """The rate of ``training.lr_schedule`` (a registered component) over ``total_steps``;
+    the initial rate throughout when the config names none.
 
     A float is a constant rate; a Keras ``LearningRateSchedule`` is saved with the optimizer
     in ``model.keras``, so a resumed run continues it from the optimizer's step (the bundled
     ``poly`` is nnU-Net's ``lr * (1 - step / total) ** 0.9``, a built-in Keras schedule).
     """
+    if config.training.lr_schedule is None:
+        return config.training.learning_rate
     schedule = plugins.registry.create(
         "lr_schedule", config.training.lr_schedule, "training.lr_schedule"
     )
@@ -618,7 +621,8 @@ def component_records(
     wanted.append(("architecture", config.model.architecture_entry.name))
     if config.model.loss_entry.name in registry.names("loss"):
         wanted.append(("loss", config.model.loss_entry.name))
-    wanted.append(("lr_schedule", config.training.lr_schedule.name))
+    if config.training.lr_schedule is not None:
+        wanted.append(("lr_schedule", config.training.lr_schedule.name))
     wanted += [("callback", c.name) for c in config.training.callbacks]
     wanted += [("postprocessor", p.name) for p in config.inference.postprocessing]
     wanted += list(also_used)
@@ -639,17 +643,6 @@ def readers_used(dataset: Dataset, case_ids: Sequence[str]) -> list[str]:
         paths = [*source.images, *([source.label] if source.label is not None else [])]
         names.update(dataset.io_for(path).name for path in paths)
     return sorted(names)
-
-
-def check_training_components(config: Config, plugins: PluginManager) -> None:
-    """Create the rate schedule, callbacks and postprocessors once, so that a wrong name
-    or parameter fails before the cache is built, naming its field."""
-    registry = plugins.registry
-    registry.create("lr_schedule", config.training.lr_schedule, "training.lr_schedule")
-    for index, spec in enumerate(config.training.callbacks):
-        registry.create("callback", spec, f"training.callbacks[{index}]")
-    for index, spec in enumerate(config.inference.postprocessing):
-        registry.create("postprocessor", spec, f"inference.postprocessing[{index}]")
 
 
 def check_cases(cases: Sequence[CachedCase]) -> None:
@@ -730,7 +723,6 @@ def train(
     registry = plugins.registry
     config = apply_defaults(config, registry)
     components = check_components(config, registry)
-    check_training_components(config, plugins)
     plugins.configure(config)
     dataset = Dataset.discover(data, registry, config.data.layout, config.data.io)
     ids = training_ids(dataset, case_ids)
@@ -742,7 +734,12 @@ def train(
     check_cases(cases)
     by_id = {c.id: c for c in cases}
     loader = patch_loader(
-        config, [by_id[i] for i in train_ids], components["augmentation"], store, local_plugins
+        config,
+        [by_id[i] for i in train_ids],
+        components["augmentation"],
+        store,
+        local_plugins,
+        components.get("sampler"),
     )
     sampler = loader.sampler.sampler  # None: the mode cuts no random windows
     info = ModelInfo(
@@ -772,6 +769,7 @@ def patch_loader(
     augmentations: Sequence[Augmentation],
     store: Any,
     local_plugins: Sequence[str],
+    sampler: Sampler | None = None,
 ) -> PatchLoader:
     """The training batches of ``cases``, read from ``store`` (directly when it is a cache
     on disk, so that loader processes open it themselves)."""
@@ -786,6 +784,7 @@ def patch_loader(
         cache_root=store.location if isinstance(store, CaseCache) else None,
         cache_settings=store.settings,
         local_plugins=local_plugins,
+        sampler=sampler,
     )
 
 

@@ -112,8 +112,11 @@ def test_a_schedule_with_reduce_lr_patience_is_refused() -> None:
     config = miscore.parse_config(
         {"training": {"lr_schedule": "constant", "reduce_lr_patience": 3}}
     )
+    assert config.training.lr_schedule is not None
     assert config.training.lr_schedule.name == "constant"
+    assert miscore.parse_config({}).training.lr_schedule is None  # the initial rate throughout
     planned = miscore.parse_config({"training": {"lr_schedule": {"name": "poly", "power": 1.0}}})
+    assert planned.training.lr_schedule is not None
     assert planned.training.lr_schedule.params == {"power": 1.0}
     assert "lr_schedule:\n    name: poly\n    power: 1.0" in planned.to_yaml()
     assert "lr_schedule: constant\n" in config.to_yaml()
