@@ -16,7 +16,8 @@ def plugins(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
     """List the loaded plugins: name, version, module, the components of each kind and the
-    commands each adds; then shadowed components (a name two plugins register) and failures."""
+    commands each adds; then shadowed components (a name two plugins register), readers
+    that tie on a file ending, and failures."""
     manager = state(ctx).plugins
     infos = manager.plugins()
     registry = manager.registry
@@ -26,6 +27,7 @@ def plugins(
             {
                 "plugins": [asdict(info) for info in infos],
                 "shadowed": [asdict(s) for s in registry.shadowed],
+                "reader_ties": [asdict(t) for t in registry.reader_ties()],
                 "failures": [asdict(f) for f in failures],
                 "disabled": sorted(manager.disabled),
             }
@@ -54,7 +56,7 @@ def plugins(
         table.add_row(info.name, info.version, info.module, escape("\n".join(lines)) or "-")
     console = Console()
     console.print(table)
-    for shadow in registry.shadowed:
+    for shadow in [*registry.shadowed, *registry.reader_ties()]:
         console.print(f"[yellow]{escape(str(shadow))}[/yellow]")
     for failure in failures:
         console.print(f"[red]{escape(str(failure))}[/red]")

@@ -51,6 +51,23 @@ class PluginFailure:
 
 
 @dataclass(frozen=True)
+class ReaderTie:
+    """Two readers of the same priority that declare the same file endings."""
+
+    suffixes: tuple[str, ...]
+    winner: str
+    loser: str
+    priority: int
+
+    def __str__(self) -> str:
+        return (
+            f"io {self.winner!r} and {self.loser!r} both read {', '.join(self.suffixes)} at "
+            f"priority {self.priority}; {self.winner!r} wins by name: set ImageIO.priority "
+            "on one of them to choose"
+        )
+
+
+@dataclass(frozen=True)
 class ShadowedComponent:
     """A component name two plugins register: ``by`` wins, ``plugin``'s class is unused.
 
@@ -207,6 +224,20 @@ class Registry:
         first, ties by name."""
         classes = [self.get_io(name) for name in self.names("io")]
         return sorted(classes, key=lambda cls: (-cls.priority, cls.name))
+
+    def reader_ties(self) -> list[ReaderTie]:
+        """File endings two readers of the same ``priority`` both declare: the name decides
+        between them, which is rarely what was meant; ``miscore plugins`` shows each one."""
+        ties: list[ReaderTie] = []
+        readers = self.readers()
+        for i, first in enumerate(readers):
+            for second in readers[i + 1 :]:
+                if first.priority != second.priority:
+                    continue
+                common = sorted(set(first.suffixes) & set(second.suffixes))
+                if common:
+                    ties.append(ReaderTie(tuple(common), first.name, second.name, first.priority))
+        return ties
 
     def reader_for(self, path: Path) -> ImageIO | None:
         """The IO that reads ``path``: of those whose ``can_read`` says yes, the one with the

@@ -391,6 +391,20 @@ def test_equal_priorities_are_decided_by_name(
     assert plugin_manager.registry.reader_for(nifti_file.with_suffix(".txt")) is None
 
 
+def test_a_reader_that_ties_with_nifti_by_name_is_shown_not_silent(
+    installed_plugins: PluginManager, nifti_file: Path
+) -> None:
+    """The issue's case: a priority-0 reader named ``ants`` wins ``.nii.gz`` by its name."""
+    registered_reader(installed_plugins, nifti_reader("ants", 0))
+    registry = installed_plugins.registry
+    assert registry.io_for(nifti_file).name == "ants"
+    ties = registry.reader_ties()
+    assert [(t.winner, t.loser, t.suffixes) for t in ties] == [("ants", "nifti", (".nii.gz",))]
+    assert "set ImageIO.priority" in str(ties[0])
+    # the bundled readers alone tie on nothing
+    assert miscore.PluginManager().registry.reader_ties() == []
+
+
 BUNDLED_READERS = {
     ".nii.gz": "nifti",
     ".nii": "nifti",
