@@ -75,7 +75,12 @@ CacheOption = Annotated[
 ]
 MetricOption = Annotated[
     list[str] | None,
-    typer.Option("--metric", "-m", help="Metric of the report (repeatable; default: all)."),
+    typer.Option(
+        "--metric",
+        "-m",
+        help="Metric of the report (repeatable; default: evaluation.metrics of the config, "
+        "else the plugins' default set).",
+    ),
 ]
 OverlaysOption = Annotated[
     bool,
@@ -123,7 +128,6 @@ def cv(
     from miscore.core.config import load_config
     from miscore.core.errors import InputError
     from miscore.pipeline.crossval import cross_validate, plan_splits, read_case_list
-    from miscore.pipeline.evaluate import DEFAULT_METRICS
 
     cli = state(ctx)
     settings = load_config(config)
@@ -148,7 +152,7 @@ def cv(
     import_tensorflow_quietly(cli.debug)
     report = cross_validate(
         settings, dataset, out, **split_options, epochs=epochs, cache=cache,
-        metrics=list(metric or DEFAULT_METRICS), overlays=overlays, resume=resume,
+        metrics=list(metric) if metric else None, overlays=overlays, resume=resume,
         apply_postprocessing=postprocessing_decision, local_plugins=cli.local_plugins,
         log=cli.log,
     )  # fmt: skip

@@ -203,7 +203,7 @@ def evaluate(
     cli: CliState = state(ctx)
     registry = cli.plugins.registry
     class_ids = _parse_classes(classes)
-    specs = _metric_specs(metric, nsd_tolerance)
+    specs = _metric_specs(metric, nsd_tolerance, registry)
     truths, pairs, unpredicted = find_pairs(pred, gt, registry, layout)
     if unpredicted:
         cli.log(f"{len(unpredicted)} ground-truth case(s) have no prediction and are skipped")
@@ -230,12 +230,12 @@ def evaluate(
 
 
 def _metric_specs(
-    metric: list[str] | None, nsd_tolerance: float | None
+    metric: list[str] | None, nsd_tolerance: float | None, registry: Registry
 ) -> list[str | dict[str, object]]:
-    """The metrics asked for (default: all), with the NSD tolerance when one is given."""
-    from miscore.pipeline.evaluate import DEFAULT_METRICS
+    """The metrics asked for (default: the plugins' set), with the NSD tolerance if given."""
+    from miscore.pipeline.evaluate import default_metrics
 
-    specs: list[str | dict[str, object]] = list(metric or DEFAULT_METRICS)
+    specs: list[str | dict[str, object]] = list(metric or default_metrics(registry))
     if nsd_tolerance is None:
         return specs
     if "nsd" not in specs:

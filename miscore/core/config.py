@@ -269,6 +269,22 @@ class InferenceConfig(Section):
         return list(self.keep_largest)
 
 
+class EvaluationConfig(Section):
+    """How ``miscore cv`` scores the test cases of its folds."""
+
+    metrics: list[ComponentSpec] | None = Field(
+        None,
+        description="registered metrics, the report's columns in order, e.g. [dice, "
+        "{name: nsd, tolerance_mm: 2}]; None: the plugins' default set",
+    )
+
+    def metric_entries(self) -> list[dict[str, Any]] | None:
+        """``metrics`` as ``{name, **params}`` mappings, or None when not set."""
+        if self.metrics is None:
+            return None
+        return [{"name": m.name, **m.params} for m in self.metrics]
+
+
 class CacheConfig(Section):
     """The zarr cache of preprocessed cases."""
 
@@ -296,6 +312,7 @@ class Config(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     cache: CacheConfig = Field(default_factory=CacheConfig)
 
     @model_validator(mode="before")
@@ -410,7 +427,8 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
     """Create every component the config names, validating each one's params.
 
     Defaults are applied first (``apply_defaults``). Returns the created components:
-    ``preprocessing``, ``augmentation``, ``callbacks`` and ``postprocessors`` lists, the
+    ``preprocessing``, ``augmentation``, ``callbacks``, ``postprocessors`` and ``metrics``
+    lists, the
     ``architecture`` and ``loss`` objects, and ``lr_schedule`` and ``sampler`` when the
     config has them. Names ``data.io`` and ``data.layout`` are checked too. Raises
     ``ConfigError``/``ComponentNotFoundError`` with the field path.
@@ -440,6 +458,10 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
     created["postprocessors"] = [
         registry.create("postprocessor", spec, f"inference.postprocessing[{i}]")
         for i, spec in enumerate(config.inference.postprocessing)
+    ]
+    created["metrics"] = [
+        registry.create("metric", spec, f"evaluation.metrics[{i}]")
+        for i, spec in enumerate(config.evaluation.metrics or [])
     ]
     if config.patching.sampler is not None:
         created["sampler"] = registry.create("sampler", config.patching.sampler, "patching.sampler")

@@ -46,11 +46,11 @@ from miscore.core.components import Evaluator, Fold
 from miscore.core.config import Config
 from miscore.core.errors import ConfigError, InputError
 from miscore.pipeline.evaluate import (
-    DEFAULT_METRICS,
     EvaluationReport,
     EvaluationRow,
     FoldsFile,
     MetricSummary,
+    default_metrics,
     read_folds_file,
     read_report,
     summarize,
@@ -382,7 +382,7 @@ def cross_validate(
     plugins: PluginManager | None = None,
     epochs: int | None = None,
     cache: str | None = None,
-    metrics: Sequence[str | Mapping[str, Any]] = DEFAULT_METRICS,
+    metrics: Sequence[str | Mapping[str, Any]] | None = None,
     overlays: bool = True,
     resume: bool = False,
     apply_postprocessing: bool = True,
@@ -407,7 +407,8 @@ def cross_validate(
         plugins: the plugin manager; a new one (installed plugins) when None.
         epochs: overrides ``training.epochs``.
         cache: the cache location; every fold shares the preprocessed cases.
-        metrics: the metrics of the report (names or ``{name, **params}``).
+        metrics: the metrics of the report (names or ``{name, **params}``); None: the
+            config's ``evaluation.metrics``, else the plugins' default (``default_metrics``).
         overlays: write a GIF (PNG in 2D) per test case.
         resume: keep the folds already trained in ``out`` and continue an interrupted one;
             the folds of ``out/splits.json`` are reused when no ``splits_file`` is given.
@@ -430,6 +431,8 @@ def cross_validate(
                                test_list, splits_file)  # fmt: skip
     recorded = read_folds_file(splits_path)
     log(f"{len(made)} fold(s) of {len(recorded.case_ids)} cases; folds in {splits_path}")
+    if metrics is None:
+        metrics = config.evaluation.metric_entries() or default_metrics(plugins.registry)
     run = _FoldRun(config=config, data=data, root=root, plugins=plugins, dataset=dataset,
                    epochs=epochs, cache=cache, metrics=metrics, overlays=overlays, resume=resume,
                    local_plugins=local_plugins, log=log,

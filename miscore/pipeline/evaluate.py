@@ -35,19 +35,13 @@ from miscore.core.labels import as_label_volume
 from miscore.core.registry import Registry
 from miscore.core.volume import Volume, check_case_id
 
-#: the metric columns of a report when none are asked for
-DEFAULT_METRICS: tuple[str, ...] = (
-    "dice",
-    "iou",
-    "precision",
-    "recall",
-    "specificity",
-    "hd95",
-    "assd",
-    "nsd",
-    "volume_pred_ml",
-    "volume_true_ml",
-)
+
+def default_metrics(registry: Registry) -> list[Any]:
+    """The metrics of a report when none are asked for: the plugins' ``metrics`` default
+    (``miscore_defaults``; bundled: dice, iou, ..., hd95, nsd, volumes), else every one."""
+    chosen = registry.defaults.get("metrics")
+    return list(chosen) if chosen else registry.names("metric")
+
 
 EmptyFlag = Literal["", "both", "pred", "truth"]
 
@@ -330,7 +324,7 @@ def summarize(
 def evaluate(
     pairs: Iterable[tuple[str, Volume, Volume]],
     registry: Registry,
-    metrics: Sequence[str | Mapping[str, Any] | Metric] = DEFAULT_METRICS,
+    metrics: Sequence[str | Mapping[str, Any] | Metric] | None = None,
     classes: Sequence[int] | None = None,
 ) -> EvaluationReport:
     """Evaluate ``(case_id, prediction, truth)`` label volumes with registered metrics.
@@ -339,14 +333,14 @@ def evaluate(
         pairs: consumed one at a time, so a generator that reads files keeps memory flat.
         registry: where the metric names are looked up (``PluginManager().registry``).
         metrics: names, ``{name, **params}`` mappings (``{"name": "nsd", "tolerance_mm": 2}``)
-            or Metric instances; the report's columns, in order.
+            or Metric instances; the report's columns, in order. None: ``default_metrics``.
         classes: class ids to evaluate; default every class > 0 found in any prediction or
             truth. A class missing from both volumes of a case is a "both empty" row.
 
     Raises:
         InputError: a case is given twice, or a pair is not on one grid.
     """
-    created = create_metrics(registry, metrics)
+    created = create_metrics(registry, default_metrics(registry) if metrics is None else metrics)
     names = [m.name for m in created]
     if classes is not None:
         classes = [int(c) for c in classes]

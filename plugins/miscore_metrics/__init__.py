@@ -7,6 +7,8 @@ in docs/metrics.md.
 
 from __future__ import annotations
 
+from typing import Any
+
 import miscore
 from miscore_metrics.overlap import Confusion, Dice, IoU, Precision, Recall, Specificity
 from miscore_metrics.surface import (
@@ -65,3 +67,23 @@ __all__ = [
     "surface_distances",
     "volume_ml",
 ]
+
+
+#: the columns of a report when none are asked for (``miscore evaluate``, ``miscore cv``)
+DEFAULT_METRICS: tuple[str, ...] = (
+    "dice",
+    "iou",
+    "precision",
+    "recall",
+    "specificity",
+    "hd95",
+    "assd",
+    "nsd",
+    "volume_pred_ml",
+    "volume_true_ml",
+)
+
+
+@miscore.hookimpl(trylast=True)
+def miscore_defaults() -> dict[str, Any]:
+    return {"metrics": list(DEFAULT_METRICS)}

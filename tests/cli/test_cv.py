@@ -24,6 +24,7 @@ model:
   loss: dice_ce
 training: {epochs: 2, batch_size: 2, learning_rate: 0.003}
 inference: {keep_largest: [1]}
+evaluation: {metrics: [dice, hd95, {name: nsd, tolerance_mm: 2.0}, volume_true_ml]}
 cache: {path: cache}
 """
 CASES = [f"case_{i:03d}" for i in range(6)]
@@ -72,6 +73,8 @@ def test_every_artefact_is_written(cv: Path) -> None:
         assert "epoch 2:" in (folder / "train.log").read_text()
         training = json.loads((folder / "model" / "miscore.json").read_text())
         assert sorted(training["training_cases"]) == sorted(fold["train"])
+        used = {(c["kind"], c["name"]) for c in training["components"]}
+        assert {("evaluator", "kfold"), ("sampler", "foreground")} <= used
         assert not set(fold["train"]) & set(fold["test"])
         for case in fold["test"]:
             prediction = folder / "predictions" / f"{case}.nii.gz"
@@ -119,6 +122,17 @@ def test_metrics_tsv_has_one_row_per_test_case_and_class(cv: Path) -> None:
     with (cv / "cv" / "metrics.tsv").open() as file:
         rows = list(csv.DictReader(file, delimiter="\t"))
     assert len(rows) == 6 * 2  # 6 test cases x classes 1 and 2
+    # the columns are the config's evaluation.metrics, in order
+    assert list(rows[0]) == [
+        "fold",
+        "case",
+        "class",
+        "dice",
+        "hd95",
+        "nsd",
+        "volume_true_ml",
+        "empty",
+    ]
     assert sorted((r["case"], r["class"]) for r in rows) == [
         (c, k) for c in CASES for k in ("1", "2")
     ]

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from miscore_metrics import DEFAULT_METRICS
 
 import miscore
-from miscore.pipeline.evaluate import DEFAULT_METRICS, EvaluationReport, evaluate
+from miscore.pipeline.evaluate import EvaluationReport, evaluate
 
 AFFINE = np.diag([1.5, 0.5, 2.0, 1.0])  # anisotropic: axis 0 is 1.5 mm
 
