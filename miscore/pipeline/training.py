@@ -18,7 +18,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     import keras
 
     from miscore.cache import CachedCase
-    from miscore.core.components import Augmentation, Sampler
     from miscore.core.plugins import PluginManager
     from miscore.data.dataset import Dataset
     from miscore.pipeline.loader import PatchLoader
@@ -733,14 +732,7 @@ def train(
     )
     check_cases(cases)
     by_id = {c.id: c for c in cases}
-    loader = patch_loader(
-        config,
-        [by_id[i] for i in train_ids],
-        components["augmentation"],
-        store,
-        local_plugins,
-        components.get("sampler"),
-    )
+    loader = patch_loader(config, [by_id[i] for i in train_ids], components, store, local_plugins)
     sampler = loader.sampler.sampler  # None: the mode cuts no random windows
     info = ModelInfo(
         plugins=plugins.versions(),
@@ -766,25 +758,25 @@ def train(
 def patch_loader(
     config: Config,
     cases: Sequence[CachedCase],
-    augmentations: Sequence[Augmentation],
+    components: Mapping[str, Any],
     store: Any,
     local_plugins: Sequence[str],
-    sampler: Sampler | None = None,
 ) -> PatchLoader:
     """The training batches of ``cases``, read from ``store`` (directly when it is a cache
-    on disk, so that loader processes open it themselves)."""
+    on disk, so that loader processes open it themselves), augmented and sampled by the
+    ``components`` that ``check_components`` created."""
     from miscore.cache import CaseCache
     from miscore.pipeline.loader import PatchLoader
 
     return PatchLoader(
         list(cases),
         config,
-        list(augmentations),
+        list(components["augmentation"]),
         config.data.classes,
         cache_root=store.location if isinstance(store, CaseCache) else None,
         cache_settings=store.settings,
         local_plugins=local_plugins,
-        sampler=sampler,
+        sampler=components.get("sampler"),
     )
 
 
