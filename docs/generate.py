@@ -64,7 +64,9 @@ KIND_PLACES = {
     "loss": "`model.loss`",
     "io": "`data.io` (by name; readers are picked by file name when it is null)",
     "evaluator": "`miscore cv --scheme` (parameters from `--folds`, `--split`, the lists)",
-    "metric": "`miscore evaluate --metric` and `miscore cv --metric`",
+    "metric": "`evaluation.metrics` entries, `miscore evaluate --metric` and `miscore cv --metric`",
+    "layout": "`data.layout` (by name; `auto` asks each layout's detect, highest priority first)",
+    "sampler": "`patching.sampler` (training windows of the `random` and `slice` modes)",
     "lr_schedule": "`training.lr_schedule`",
     "callback": "`training.callbacks` entries",
     "postprocessor": "`inference.postprocessing` entries (after `keep_largest`, in order)",
@@ -189,8 +191,8 @@ def configuration_markdown() -> str:
             ]
             if name == "augmentation":
                 lines += [
-                    "`augmentation: default` expands to the documented default set",
-                    "([augmentation](augmentation.md)).",
+                    "`augmentation: default` expands to the set the installed plugins supply",
+                    "through the `miscore_defaults` hook ([augmentation](augmentation.md)).",
                 ]
         lines.append("")
     lines += _components_markdown(PluginManager())
