@@ -99,10 +99,11 @@ def synthetic_case(
     return Case(case_id, image, image.with_array(label[..., None]))
 
 
-def check_component(cls: type[Component]) -> Component:
-    """Check a component class against the contract and create it with default params."""
+def check_component(cls: type[Component], **params: Any) -> Component:
+    """Check a component class against the contract and create it with ``params`` (the
+    defaults of its ``Params`` where not given; pass the ones it requires)."""
     check_component_class(cls.kind, cls)
-    return cls()
+    return cls(params)
 
 
 def check_io_roundtrip(

@@ -21,7 +21,11 @@ def analyze(
         typer.Option("--out", help="Write fingerprint.json, histograms and class plots here."),
     ] = None,
     layout: Annotated[
-        str, typer.Option("--layout", help="auto, msd, cases, dicom, image2d or files.")
+        str,
+        typer.Option(
+            "--layout",
+            help="auto or a registered layout (bundled: msd, cases, dicom, image2d, files).",
+        ),
     ] = "auto",
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampled voxels.")] = 0,
 ) -> None:

@@ -172,7 +172,8 @@ LayoutOption = Annotated[
     str,
     typer.Option(
         "--layout",
-        help="Layout of GT: auto, msd, cases, dicom, image2d or files (a flat folder).",
+        help="Layout of GT: auto or a registered layout (bundled: msd, cases, dicom, image2d, "
+        "files: a flat folder).",
     ),
 ]
 NsdToleranceOption = Annotated[

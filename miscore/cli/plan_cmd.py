@@ -21,7 +21,11 @@ def plan(
         bool, typer.Option("--2d", help="Plan a 2D network on slices of 3D volumes.")
     ] = False,
     layout: Annotated[
-        str, typer.Option("--layout", help="auto, msd, cases, dicom, image2d or files.")
+        str,
+        typer.Option(
+            "--layout",
+            help="auto or a registered layout (bundled: msd, cases, dicom, image2d, files).",
+        ),
     ] = "auto",
     budget: Annotated[
         str | None,

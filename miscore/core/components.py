@@ -285,7 +285,7 @@ class DatasetLayout(Component):
     folder (``finder.is_image(root)``): a layout of dataset folders says no to it.
 
     Both methods get a ``miscore.DatasetFinder``, the kernel's file helpers: ``reader(path)``,
-    ``images_in(folder)``, ``entries(folder)``, ``named(folder, stems)``,
+    ``is_image(path)``, ``images_in(folder)``, ``entries(folder)``, ``named(folder, stems)``,
     ``case_id(id, path)``, ``file_stem(path)``, ``confined(relative, where)``.
     """
 

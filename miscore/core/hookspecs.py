@@ -253,12 +253,13 @@ def miscore_register_output_formats() -> dict[str, dict[str, Any]]:
 def miscore_defaults() -> dict[str, Any]:
     """Supply defaults for what a config leaves out.
 
-    Called when the registry is built. Return any of the keys ``architecture`` (a component
-    entry ``{name, **params}``), ``loss`` (an entry), ``augmentation`` (the list of
-    entries ``augmentation: default`` stands for) and ``sampler`` (an entry, used when
-    ``patching.sampler`` is None). Each key is taken from the first plugin
-    that gives it, in pluggy's call order: ``tryfirst`` first, then the plugin registered
-    last. The bundled plugins mark their defaults ``trylast``, so any other plugin wins.
+    Called when the registry is built. Return any of the keys ``architecture`` (a component entry
+    ``{name, **params}``), ``loss`` (an entry), ``augmentation`` (the list of entries
+    ``augmentation: default`` stands for), ``sampler`` (an entry, used when ``patching.sampler`` is
+    None) and ``metrics`` (the metric entries a report has when neither the command nor
+    ``evaluation.metrics`` names any). Each key is taken from the first plugin that gives it, in
+    pluggy's call order: ``tryfirst`` first, then the plugin registered last. The bundled plugins
+    mark their defaults ``trylast``, so any other plugin wins.
 
     Example::
 
@@ -272,13 +273,13 @@ def miscore_defaults() -> dict[str, Any]:
 def miscore_plan_choices(ndim: int, thick_axis: int | None) -> dict[str, Any]:
     """Supply the components ``miscore plan`` writes into a planned config.
 
-    Called by the planner. Return any of the keys ``architecture`` (an entry; the planner
-    adds the ``depth`` and ``filters`` it sized, when the architecture takes them), ``loss``,
-    ``augmentation`` (a list of entries), and ``reasons`` (``{config path: why}`` comments for
-    the YAML). Keys are merged as for ``miscore_defaults``: the first plugin to give one wins;
-    ``reasons`` merge per path, and the reasons of a plugin none of whose choices is used are
-    dropped with them. The bundled plugins answer ``trylast``; with no ``architecture`` or
-    ``loss`` from any plugin, planning fails and says so.
+    Called by the planner. Return any of the keys ``architecture`` (an entry; the planner adds the
+    ``depth`` and ``filters`` it sized, when the architecture takes them), ``loss``,
+    ``augmentation`` (a list of entries), ``lr_schedule`` (an entry), and ``reasons`` (``{config
+    path: why}`` comments for the YAML). Keys are merged as for ``miscore_defaults``: the first
+    plugin to give one wins; ``reasons`` merge per path, and the reasons of a plugin none of whose
+    choices is used are dropped with them. The bundled plugins answer ``trylast``; with no
+    ``architecture`` or ``loss`` from any plugin, planning fails and says so.
 
     Args:
         ndim: spatial dimensions of the planned network's input (2 or 3).

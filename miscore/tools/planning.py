@@ -211,14 +211,16 @@ def plan_config(
     sizing = _plan_sizing(geometry, fingerprint.dims, two_d, memory_gb, draft.reasons)
     ndim = 2 if sizing.slices or fingerprint.dims == 2 else 3
     thick = int(np.argmax(geometry.target)) if geometry.anisotropic and ndim == 3 else None
-    augmentation, model = _plan_components(plugins, ndim, thick, sizing.depth, draft.reasons)
+    augmentation, model, schedule = _plan_components(
+        plugins, ndim, thick, sizing.depth, draft.reasons
+    )
     config_data: dict[str, Any] = {
         "data": _plan_data(fingerprint, data_path, draft.reasons),
         "preprocessing": draft.steps,
         "patching": sizing.patching,
         "augmentation": augmentation,
         "model": model,
-        "training": _plan_training(sizing, memory_gb, draft.reasons),
+        "training": _plan_training(sizing, memory_gb, schedule, draft.reasons),
     }
     inference = _plan_inference(fingerprint, draft.reasons)
     if inference:
@@ -380,7 +382,7 @@ def _plan_data(
 
 
 #: the config paths the plugins' choices fill (and may explain in ``reasons``)
-CHOSEN_PATHS = ("model.architecture", "model.loss", "augmentation")
+CHOSEN_PATHS = ("model.architecture", "model.loss", "augmentation", "training.lr_schedule")
 
 
 def _plan_components(
@@ -389,12 +391,13 @@ def _plan_components(
     thick: int | None,
     depth: int,
     reasons: dict[str, str],
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The augmentation list and the model section, as the plugins choose them.
+) -> tuple[list[dict[str, Any]], dict[str, Any], Any]:
+    """The augmentation list, the model section and the rate schedule (None: none chosen),
+    as the plugins choose them.
 
-    The plugins' ``miscore_plan_choices`` name the architecture, loss and augmentation (and
-    may explain them, for the paths in ``CHOSEN_PATHS``); the planner adds the depth and
-    width it sized when the architecture's parameters have them.
+    The plugins' ``miscore_plan_choices`` name the architecture, loss, augmentation and
+    schedule (and may explain them, for the paths in ``CHOSEN_PATHS``); the planner adds the
+    depth and width it sized when the architecture's parameters have them.
     """
     choices = plugins.plan_choices(ndim=ndim, thick_axis=thick)
     for key in ("architecture", "loss"):
@@ -411,7 +414,8 @@ def _plan_components(
     augmentation = [dict(entry) for entry in choices.get("augmentation", [])]
     if "augmentation" not in choices:
         reasons["augmentation"] = "no installed plugin plans an augmentation set"
-    return augmentation, {"architecture": architecture, "loss": dict(choices["loss"])}
+    model = {"architecture": architecture, "loss": dict(choices["loss"])}
+    return augmentation, model, choices.get("lr_schedule")
 
 
 def _sized_architecture(
@@ -435,8 +439,10 @@ def _sized_architecture(
     return architecture
 
 
-def _plan_training(sizing: _Sizing, memory_gb: float, reasons: dict[str, str]) -> dict[str, Any]:
-    """nnU-Net's training length and schedule, with the batch the memory holds."""
+def _plan_training(
+    sizing: _Sizing, memory_gb: float, schedule: Any, reasons: dict[str, str]
+) -> dict[str, Any]:
+    """nnU-Net's training length, with the batch the memory holds and the plugins' schedule."""
     reasons["training.batch_size"] = (
         f"as many samples as {memory_gb:g} GB x {USABLE_SHARE} holds by the estimate "
         f"(capped at {sizing.batch_cap})"
@@ -448,15 +454,19 @@ def _plan_training(sizing: _Sizing, memory_gb: float, reasons: dict[str, str]) -
     reasons["training.steps_per_epoch"] = (
         "training is counted in steps, not passes over the cases (one case would be one step)"
     )
-    reasons["training.learning_rate"] = "Adam's usual rate, decayed by the poly schedule"
-    reasons["training.lr_schedule"] = "(1 - step / all steps) ** 0.9, nnU-Net's schedule"
-    return {
+    training: dict[str, Any] = {
         "batch_size": sizing.batch,
         "epochs": FULL_EPOCHS,
         "steps_per_epoch": STEPS_PER_EPOCH,
         "learning_rate": LEARNING_RATE,
-        "lr_schedule": "poly",
     }
+    if schedule is not None:
+        training["lr_schedule"] = schedule
+        name = schedule if isinstance(schedule, str) else schedule.get("name", "chosen")
+        reasons["training.learning_rate"] = f"Adam's usual rate, decayed by the {name} schedule"
+    else:
+        reasons["training.learning_rate"] = "Adam's usual rate, kept for every step"
+    return training
 
 
 def _plan_inference(fingerprint: Fingerprint, reasons: dict[str, str]) -> dict[str, Any]:

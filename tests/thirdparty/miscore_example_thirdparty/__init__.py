@@ -72,7 +72,8 @@ class Invert(miscore.Augmentation):
         label: npt.NDArray[np.integer[Any]] | None,
         rng: np.random.Generator,
     ) -> tuple[npt.NDArray[np.floating[Any]], npt.NDArray[np.integer[Any]] | None]:
-        return (-image if rng.random() < self.params.p else image), label
+        # the engine has already drawn ``p``: augment is called only when it applies
+        return -image, label
 
 
 class Identity(miscore.Architecture):
