@@ -27,10 +27,11 @@ def validate(
     file: Annotated[Path, typer.Argument(help="The YAML config file to check.")],
 ) -> None:
     """Check a config file: its fields, and every component name and parameter."""
-    from miscore.core.config import check_components, load_config
+    from miscore.core.config import apply_defaults, check_components, load_config
 
     cli = state(ctx)
     config = load_config(file)
     check_components(config, cli.plugins.registry)
+    config = apply_defaults(config, cli.plugins.registry)  # as training hands it on
     cli.plugins.configure(config)
     print(f"{file}: valid")

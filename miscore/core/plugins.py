@@ -232,6 +232,11 @@ class PluginManager:
         check_plugin_api(plugin, name)
         if self.is_registered(name):
             raise PluginError(f"plugin {name!r} is already registered")
+        for other in self._pm.get_plugins():
+            if getattr(other, "_miscore_plugin", None) is plugin:
+                raise PluginError(
+                    f"plugin {name!r} is already registered as {self._pm.get_name(other)!r}"
+                )
         registered = self._registered_plugin(plugin, name)
         try:
             self._pm.register(registered, name)
@@ -393,7 +398,11 @@ class PluginManager:
                 failures.append(PluginFailure(plugin_name, hook_name, message))
                 continue
             for key, item in value.items():
-                merged.setdefault(key, item)
+                problem = _merged_value_problem(hook_name, key, item)
+                if problem:
+                    failures.append(PluginFailure(plugin_name, hook_name, problem))
+                elif key not in merged:
+                    merged[key] = item
         return merged
 
     # --- introspection ------------------------------------------------------------------
@@ -442,9 +451,9 @@ class PluginManager:
 
     def plan_choices(self, ndim: int, thick_axis: int | None) -> dict[str, Any]:
         """The planner's components, merged from ``miscore_plan_choices`` in pluggy's call
-        order: the first plugin to give a key wins. ``reasons`` merge per config path, taken
-        only from plugins with a choice in the result (an overridden choice's reason is
-        dropped with it)."""
+        order: the first plugin to give a key wins. ``reasons`` merge per config path, each
+        taken only from the plugin whose choice won that path's key (an overridden choice's
+        reason is dropped with it)."""
         results = self._pm.hook.miscore_plan_choices(ndim=ndim, thick_axis=thick_axis)
         merged: dict[str, Any] = {}
         reasons: dict[str, str] = {}
@@ -456,6 +465,36 @@ class PluginManager:
             for key in won:
                 merged[key] = choices[key]
             for path, why in (returned.get("reasons") or {}).items():
-                reasons.setdefault(path, why)
+                # a path names its key last: model.loss -> loss, augmentation[2] -> augmentation
+                if path.split("[")[0].split(".")[-1] in won:
+                    reasons.setdefault(path, why)
         merged["reasons"] = reasons
         return merged
+
+
+#: ``miscore_defaults`` keys whose value is one component entry, and those holding a list
+_ENTRY_DEFAULTS = ("architecture", "loss", "sampler")
+_LIST_DEFAULTS = ("augmentation", "metrics")
+
+
+def _is_entry(value: Any) -> bool:
+    """A component entry: a name, or a mapping with a string ``name``."""
+    return isinstance(value, str) or (
+        isinstance(value, dict) and isinstance(value.get("name"), str)
+    )
+
+
+def _merged_value_problem(hook_name: str, key: Any, value: Any) -> str | None:
+    """Why ``value`` cannot be the ``key`` of a merged hook's answer, or None when it can."""
+    if not isinstance(key, str):
+        return f"TypeError: key {key!r} is not a string"
+    if hook_name == "miscore_register_output_formats":
+        if not (isinstance(value, dict) and isinstance(value.get("name"), str)):
+            return f"format {key!r}: give an IO entry {{name: IO name, **params}}; got {value!r}"
+    elif key in _ENTRY_DEFAULTS and not _is_entry(value):
+        return f"default {key!r}: give a component name or {{name, **params}}; got {value!r}"
+    elif key in _LIST_DEFAULTS and not (
+        isinstance(value, list) and all(_is_entry(v) for v in value)
+    ):
+        return f"default {key!r}: give a list of component entries; got {value!r}"
+    return None

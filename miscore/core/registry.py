@@ -206,6 +206,8 @@ class Registry:
             if not isinstance(name, str):
                 field = f"{where}.name" if where else "name"
                 raise ConfigError(f"{field}: a {kind} entry needs a 'name'")
+        elif spec is None:
+            raise ConfigError(f"{where or kind}: not set (apply the plugins' defaults first)")
         else:
             return spec
         try:

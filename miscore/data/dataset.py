@@ -205,7 +205,7 @@ def _detect(root: Path, registry: Registry, finder: DatasetFinder) -> DatasetLay
         try:
             if layout.detect(root, finder):
                 return layout
-        except (InputError, OSError):  # the data's fault, not the plugin's
+        except InputError:  # the data's fault, not the plugin's
             raise
         except Exception as exc:
             raise PluginError(

@@ -179,7 +179,7 @@ def custom_objects(config: Config, plugins: PluginManager) -> dict[str, Any]:
     """The Keras objects the model's architecture and loss plugins provide."""
     registry = plugins.registry
     objects: dict[str, Any] = {}
-    architecture = registry.create("architecture", config.model.architecture)
+    architecture = registry.create("architecture", config.model.architecture_entry)
     objects.update(architecture.custom_objects())
     if config.model.loss_entry.name in registry.names("loss"):
         loss = registry.create("loss", config.model.loss)

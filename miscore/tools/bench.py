@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     import keras
 
     from miscore.cache import CachedCase, CaseStore
-    from miscore.core.components import Augmentation, Subfunction
+    from miscore.core.components import Augmentation, Sampler, Subfunction
     from miscore.core.plugins import PluginManager
     from miscore.core.volume import Case
     from miscore.data.dataset import Dataset
@@ -234,6 +234,7 @@ class _Job:
     stages: _Stages
     repeats: int
     local_plugins: Sequence[str]
+    sampler: Sampler | None = None
 
     @property
     def batch_size(self) -> int:
@@ -329,6 +330,7 @@ def _open_job(
         _Stages(log),
         repeats,
         local_plugins,
+        components.get("sampler"),
     )
 
 
@@ -398,6 +400,7 @@ def _train_stages(
         cache_root=store.location if isinstance(store, CaseCache) else None,
         cache_settings=store.settings,
         local_plugins=job.local_plugins,
+        sampler=job.sampler,
     )
     plan = [b for epoch in range(job.repeats) for b in loader.plan(epoch)][: job.repeats]
     plain = BatchMaker(opened, config.patching, [], config.data.classes)

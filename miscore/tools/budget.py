@@ -29,11 +29,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from miscore.core.config import Config, parse_config
 from miscore.core.errors import InputError
 from miscore.tools.planning import Plan
+
+if TYPE_CHECKING:
+    from miscore.core.components import Sampler
 
 __all__ = ["Candidate", "Measured", "min_steps", "parse_budget", "plan_for_budget"]
 
@@ -139,6 +142,14 @@ class Timer:
         self.cache_settings = cache_settings
         self.log = log
 
+    def _sampler(self, config: Config) -> Sampler | None:
+        """The sampler from this session's plugins (the loader would load them again)."""
+        from miscore.pipeline.patching import SAMPLED_MODES, create_sampler
+
+        if config.patching.mode not in SAMPLED_MODES:
+            return None
+        return create_sampler(config.patching, self.plugins.registry)
+
     def measure(self, candidate: Candidate) -> Measured:
         """Train ``candidate`` for a few steps with the real loader and ``fit``."""
         import keras
@@ -156,10 +167,11 @@ class Timer:
             config.data.classes,
             cache_root=self.cache_root,
             cache_settings=self.cache_settings,
+            sampler=self._sampler(config),
         )
         started = time.perf_counter()
         try:
-            architecture = registry.create("architecture", config.model.architecture)
+            architecture = registry.create("architecture", config.model.architecture_entry)
             channels = self.cases[0].channels
             model = architecture.build([*loader.patch_shape, channels], config.data.classes)
             compile_model(model, config, self.plugins, config.data.classes, 10_000)
@@ -199,9 +211,11 @@ class Timer:
         from miscore.pipeline.training import compile_model, mode_check, plot_curves, write_history
 
         config = _with(self.config, candidate)
-        loader = PatchLoader(self.cases, config, [], config.data.classes)
+        loader = PatchLoader(
+            self.cases, config, [], config.data.classes, sampler=self._sampler(config)
+        )
         registry = self.plugins.registry
-        architecture = registry.create("architecture", config.model.architecture)
+        architecture = registry.create("architecture", config.model.architecture_entry)
         model = architecture.build(
             [*loader.patch_shape, self.cases[0].channels], config.data.classes
         )

@@ -530,3 +530,80 @@ def test_miscore_testing_imports_without_pytest() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["case_000", "False", "False"]
+
+
+# --- what a review found ----------------------------------------------------------------
+
+
+def test_one_plugin_object_cannot_be_registered_under_two_names(
+    plugin_manager: PluginManager,
+) -> None:
+    plugin = Plugin(subfunction("clip", "one"))
+    plugin_manager.register(plugin, "first")
+    with pytest.raises(miscore.PluginError, match="already registered as 'first'"):
+        plugin_manager.register(plugin, "second")
+    assert [info.name for info in plugin_manager.plugins()] == ["first"]
+
+
+class BadAnswers:
+    """A plugin whose defaults and output formats are of the wrong shape."""
+
+    @miscore.hookimpl
+    def miscore_register_output_formats(self) -> dict[str, Any]:
+        return {"nii": "nifti", "seg": {"name": "dicom", "output": "dicom-seg"}}
+
+    @miscore.hookimpl
+    def miscore_defaults(self) -> dict[str, Any]:
+        return {"augmentation": "flip", "loss": {"name": "dice"}}
+
+
+def test_answers_of_the_wrong_shape_are_named_and_the_rest_is_kept(
+    plugin_manager: PluginManager,
+) -> None:
+    plugin_manager.register(BadAnswers(), "bad")
+    registry = plugin_manager.registry
+    assert registry.output_formats == {"seg": {"name": "dicom", "output": "dicom-seg"}}
+    assert registry.defaults == {"loss": {"name": "dice"}}
+    problems = {f.stage: f.message for f in registry.failures if f.plugin == "bad"}
+    assert "format 'nii'" in problems["miscore_register_output_formats"]
+    assert "default 'augmentation'" in problems["miscore_defaults"]
+
+
+class Planner:
+    def __init__(self, choices: dict[str, Any], tryfirst: bool = False) -> None:
+        @miscore.hookimpl(tryfirst=tryfirst)
+        def miscore_plan_choices() -> dict[str, Any]:
+            return choices
+
+        self.miscore_plan_choices = miscore_plan_choices
+
+
+def test_a_plan_reason_goes_with_the_choice_it_explains(plugin_manager: PluginManager) -> None:
+    plugin_manager.register(
+        Planner({"architecture": "net", "loss": "dice", "reasons": {"model.loss": "why dice"}}),
+        "plain",
+    )
+    plugin_manager.register(Planner({"loss": "focal"}, tryfirst=True), "first")
+    choices = plugin_manager.plan_choices(ndim=3, thick_axis=None)
+    assert (choices["loss"], choices["architecture"]) == ("focal", "net")
+    assert "model.loss" not in choices["reasons"]  # "why dice" explained the loss that lost
+
+
+class Nosy(miscore.DatasetLayout):
+    name = "nosy"
+
+    def detect(self, root: Path, finder: Any) -> bool:
+        return any(root.iterdir())  # NotADirectoryError on a single file
+
+
+def test_a_layout_whose_detect_fails_on_a_file_is_named(
+    installed_plugins: PluginManager, nifti_file: Path
+) -> None:
+    class Layouts:
+        @miscore.hookimpl
+        def miscore_register_layouts(self) -> list[type[miscore.DatasetLayout]]:
+            return [Nosy]
+
+    installed_plugins.register(Layouts(), "nosy_plugin")
+    with pytest.raises(miscore.PluginError, match=r"layout 'nosy' failed to inspect"):
+        miscore.Dataset.discover(nifti_file, installed_plugins.registry)
