@@ -30,6 +30,7 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -200,6 +201,7 @@ class PluginManager:
         self._info: dict[str, PluginInfo] = {}
         self._failures: list[PluginFailure] = []
         self._registry: Registry | None = None
+        self._building = threading.RLock()
         if disabled is None:
             disabled = split_env_list(os.environ.get(DISABLE_ENV))
         self.disabled = frozenset(disabled)
@@ -284,7 +286,8 @@ class PluginManager:
         for ep in sorted(
             importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
         ):
-            if ep.name in self.disabled or self.is_registered(ep.name):
+            module = ep.value.split(":")[0]
+            if {ep.name, module} & self.disabled or self.is_registered(ep.name):
                 continue
             try:
                 plugin = ep.load()
@@ -335,10 +338,12 @@ class PluginManager:
 
     @property
     def registry(self) -> Registry:
-        """The components every plugin registered (built on first use, then kept)."""
-        if self._registry is None:
-            self._registry = self._build_registry()
-        return self._registry
+        """The components every plugin registered (built on first use, then kept; one thread
+        builds it, as the hook monitor follows one call at a time)."""
+        with self._building:
+            if self._registry is None:
+                self._registry = self._build_registry()
+            return self._registry
 
     def _build_registry(self) -> Registry:
         failures = list(self._failures)
