@@ -40,11 +40,12 @@ DataOption = Annotated[
 ]
 OutOption = Annotated[Path, typer.Option("--out", help="Cross-validation folder to write.")]
 SchemeOption = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--scheme",
-        help="Validation scheme, seeded by training.seed: kfold, loo, split, explicit or "
-        "another registered evaluator (`miscore plugins` lists them).",
+        help="Validation scheme, seeded by training.seed: kfold (the default), loo, split, "
+        "explicit or another registered evaluator (`miscore plugins` lists them).",
+        show_default=False,
     ),
 ]
 FoldsOption = Annotated[int, typer.Option("--folds", min=2, help="Folds of kfold.")]
@@ -104,7 +105,7 @@ def cv(
     config: ConfigArg,
     data: DataOption = None,
     out: OutOption = Path("crossval"),
-    scheme: SchemeOption = "kfold",
+    scheme: SchemeOption = None,
     folds: FoldsOption = 3,
     split: SplitOption = None,
     train_list: TrainListOption = None,

@@ -256,8 +256,9 @@ def miscore_defaults() -> dict[str, Any]:
     Called when the registry is built. Return any of the keys ``architecture`` (a component entry
     ``{name, **params}``), ``loss`` (an entry), ``augmentation`` (the list of entries
     ``augmentation: default`` stands for), ``sampler`` (an entry, used when ``patching.sampler`` is
-    None) and ``metrics`` (the metric entries a report has when neither the command nor
-    ``evaluation.metrics`` names any). Each key is taken from the first plugin that gives it, in
+    None), ``metrics`` (the metric entries a report has when neither the command nor
+    ``evaluation.metrics`` names any) and ``evaluator`` (the ``miscore cv`` scheme when none
+    is given). Each key is taken from the first plugin that gives it, in
     pluggy's call order: ``tryfirst`` first, then the plugin registered last. The bundled plugins
     mark their defaults ``trylast``, so any other plugin wins.
 

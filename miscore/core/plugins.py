@@ -478,7 +478,7 @@ class PluginManager:
 
 
 #: ``miscore_defaults`` keys whose value is one component entry, and those holding a list
-_ENTRY_DEFAULTS = ("architecture", "loss", "sampler")
+_ENTRY_DEFAULTS = ("architecture", "loss", "sampler", "evaluator")
 _LIST_DEFAULTS = ("augmentation", "metrics")
 
 

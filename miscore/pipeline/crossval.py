@@ -183,6 +183,18 @@ def read_case_list(path: Path | str) -> list[str]:
     return [i for i in ids if i]
 
 
+def default_scheme(registry: Registry) -> str:
+    """The scheme when none is given: the plugins' ``evaluator`` default (bundled: kfold)."""
+    chosen = registry.defaults.get("evaluator")
+    name = chosen.get("name") if isinstance(chosen, dict) else chosen
+    if not isinstance(name, str):
+        raise InputError(
+            "scheme: none given, and no installed plugin supplies a default evaluator; "
+            f"give one of: {', '.join(registry.names('evaluator')) or 'none installed'}"
+        )
+    return name
+
+
 def evaluator_spec(
     scheme: str,
     registry: Registry,
@@ -258,7 +270,7 @@ def plan_splits(
     data: Path | str,
     out: Path | str,
     *,
-    scheme: str = "kfold",
+    scheme: str | None = None,
     folds: int = 3,
     split: float | None = None,
     train_list: Sequence[str] | None = None,
@@ -271,6 +283,7 @@ def plan_splits(
     from miscore.data.dataset import Dataset
 
     plugins = plugins or PluginManager()
+    scheme = scheme or default_scheme(plugins.registry)
     dataset = Dataset.discover(data, plugins.registry, config.data.layout, config.data.io)
     return _split(config, dataset, Path(out), plugins, scheme, folds, split, train_list,
                   test_list, splits_file)  # fmt: skip
@@ -373,7 +386,7 @@ def cross_validate(
     data: Path | str,
     out: Path | str,
     *,
-    scheme: str = "kfold",
+    scheme: str | None = None,
     folds: int = 3,
     split: float | None = None,
     train_list: Sequence[str] | None = None,
@@ -425,6 +438,7 @@ def cross_validate(
 
     root = Path(out)
     plugins = plugins or PluginManager(local_plugins=local_plugins)
+    scheme = scheme or default_scheme(plugins.registry)
     splits_file = _check_output(root, resume, splits_file, log)
     dataset = Dataset.discover(data, plugins.registry, config.data.layout, config.data.io)
     made, splits_path = _split(config, dataset, root, plugins, scheme, folds, split, train_list,

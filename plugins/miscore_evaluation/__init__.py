@@ -8,6 +8,8 @@ such a file back (``{name: explicit, file: folds.json}``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import miscore
 from miscore_evaluation.schemes import ExplicitSplit, KFold, LeaveOneOut, PercentageSplit
 
@@ -19,6 +21,11 @@ EVALUATORS: list[type[miscore.Evaluator]] = [KFold, LeaveOneOut, PercentageSplit
 @miscore.hookimpl
 def miscore_register_evaluators() -> list[type[miscore.Evaluator]]:
     return list(EVALUATORS)
+
+
+@miscore.hookimpl(trylast=True)
+def miscore_defaults() -> dict[str, Any]:
+    return {"evaluator": "kfold"}
 
 
 __all__ = ["EVALUATORS", "ExplicitSplit", "KFold", "LeaveOneOut", "PercentageSplit"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -138,6 +139,21 @@ def test_a_plugin_evaluator_is_a_scheme(dataset: Path, tmp_path: Path) -> None:
         Config(), dataset, tmp_path, scheme="by_letter", folds=3, plugins=plugins
     )
     assert [len(f.test) for f in folds] == [3, 2, 2]
+    assert read_folds_file(path).evaluator == {"name": "by_letter", "folds": 3}
+
+
+class DefaultsToByLetter(ByLetterPlugin):
+    @miscore.hookimpl
+    def miscore_defaults(self) -> dict[str, Any]:
+        return {"evaluator": "by_letter"}
+
+
+def test_the_default_scheme_comes_from_the_plugins(dataset: Path, tmp_path: Path) -> None:
+    _, path = plan_splits(Config(), dataset, tmp_path / "bundled", folds=3)
+    assert read_folds_file(path).evaluator["name"] == "kfold"  # the evaluation plugin's
+    plugins = PluginManager()
+    plugins.register(DefaultsToByLetter(), "by_letter")
+    _, path = plan_splits(Config(), dataset, tmp_path / "plugin", folds=3, plugins=plugins)
     assert read_folds_file(path).evaluator == {"name": "by_letter", "folds": 3}
 
 
