@@ -426,11 +426,10 @@ def apply_defaults(config: Config, registry: Registry) -> Config:
 def check_components(config: Config, registry: Registry) -> dict[str, Any]:
     """Create every component the config names, validating each one's params.
 
-    Defaults are applied first (``apply_defaults``). Returns the created components:
+    Defaults are applied first (``apply_defaults``). Returns the created components: the
     ``preprocessing``, ``augmentation``, ``callbacks``, ``postprocessors`` and ``metrics``
-    lists, the
-    ``architecture`` and ``loss`` objects, and ``lr_schedule`` and ``sampler`` when the
-    config has them. Names ``data.io`` and ``data.layout`` are checked too. Raises
+    lists, the ``architecture`` and ``loss`` objects, and ``lr_schedule`` and ``sampler``
+    when the config has them. Names ``data.io`` and ``data.layout`` are checked too. Raises
     ``ConfigError``/``ComponentNotFoundError`` with the field path.
     """
     preprocessing = build_steps(config.preprocessing, registry)  # its errors first
@@ -438,10 +437,7 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
     assert config.model.architecture is not None and config.model.loss is not None
     created: dict[str, Any] = {
         "preprocessing": preprocessing,
-        "augmentation": [
-            registry.create("augmentation", spec, f"augmentation[{i}]")
-            for i, spec in enumerate(config.augmentation)
-        ],
+        "augmentation": registry.create_each("augmentation", config.augmentation, "augmentation"),
         "architecture": registry.create(
             "architecture", config.model.architecture, "model.architecture"
         ),
@@ -451,18 +447,15 @@ def check_components(config: Config, registry: Registry) -> dict[str, Any]:
         created["lr_schedule"] = registry.create(
             "lr_schedule", config.training.lr_schedule, "training.lr_schedule"
         )
-    created["callbacks"] = [
-        registry.create("callback", spec, f"training.callbacks[{i}]")
-        for i, spec in enumerate(config.training.callbacks)
-    ]
-    created["postprocessors"] = [
-        registry.create("postprocessor", spec, f"inference.postprocessing[{i}]")
-        for i, spec in enumerate(config.inference.postprocessing)
-    ]
-    created["metrics"] = [
-        registry.create("metric", spec, f"evaluation.metrics[{i}]")
-        for i, spec in enumerate(config.evaluation.metrics or [])
-    ]
+    created["callbacks"] = registry.create_each(
+        "callback", config.training.callbacks, "training.callbacks"
+    )
+    created["postprocessors"] = registry.create_each(
+        "postprocessor", config.inference.postprocessing, "inference.postprocessing"
+    )
+    created["metrics"] = registry.create_each(
+        "metric", config.evaluation.metrics or [], "evaluation.metrics"
+    )
     if config.patching.sampler is not None:
         created["sampler"] = registry.create("sampler", config.patching.sampler, "patching.sampler")
     for field, kind, name in (

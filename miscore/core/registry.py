@@ -188,6 +188,10 @@ class Registry:
 
     # --- creation -----------------------------------------------------------------------
 
+    def create_each(self, kind: str, specs: Iterable[Any], where: str) -> list[Any]:
+        """``create`` for every entry of a config list; errors name ``where[index]``."""
+        return [self.create(kind, spec, f"{where}[{i}]") for i, spec in enumerate(specs)]
+
     def create(self, kind: str, spec: Any, where: str = "") -> Any:
         """Create a component from a name, a ``{name, **params}`` mapping or an object.
 

@@ -235,11 +235,9 @@ class Predictor:
     @functools.cached_property
     def postprocessors(self) -> list[Postprocessor]:
         """The ``inference.postprocessing`` components, in order."""
-        registry = self.plugins.registry
-        return [
-            registry.create("postprocessor", spec, f"inference.postprocessing[{index}]")
-            for index, spec in enumerate(self.config.inference.postprocessing)
-        ]
+        return self.plugins.registry.create_each(
+            "postprocessor", self.config.inference.postprocessing, "inference.postprocessing"
+        )
 
     def postprocess(
         self, prediction: Volume, keep_largest: bool | list[int] | None = None

@@ -514,11 +514,10 @@ def schedule_callbacks(config: Config, monitor: str, saved: dict[str, Any]) -> d
 
 def configured_callbacks(config: Config, plugins: PluginManager, model_dir: Path) -> list[Any]:
     """The Keras callbacks of ``training.callbacks`` (registered components), in order."""
-    registry = plugins.registry
-    return [
-        registry.create("callback", spec, f"training.callbacks[{index}]").build(model_dir)
-        for index, spec in enumerate(config.training.callbacks)
-    ]
+    callbacks = plugins.registry.create_each(
+        "callback", config.training.callbacks, "training.callbacks"
+    )
+    return [callback.build(model_dir) for callback in callbacks]
 
 
 def run_fit(
