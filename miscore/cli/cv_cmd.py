@@ -14,24 +14,12 @@ if TYPE_CHECKING:
 
 
 def _print_summary(report: CrossValidationReport) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    """Every metric of the report, in the order asked for, per class."""
+    from miscore.cli.evaluate_cmd import print_summary
 
     n_cases = len({r.case for r in report.rows})
-    table = Table(title=f"miscore cv: {len(report.folds)} fold(s), {n_cases} test case(s)")
-    for column in ("class", "metric", "mean", "std", "median", "n"):
-        table.add_column(column, justify="left" if column == "metric" else "right")
-    shown = [m for m in ("dice", "hd95", "nsd") if m in report.metrics] or report.metrics[:3]
-    for class_id in report.classes:
-        for i, metric in enumerate(shown):
-            s = report.stats(class_id, metric)
-            table.add_row(
-                str(class_id) if i == 0 else "",
-                metric,
-                *(f"{v:.4f}" for v in (s.mean, s.std, s.median)),
-                str(s.n),
-            )
-    Console().print(table)
+    title = f"miscore cv: {len(report.folds)} fold(s), {n_cases} test case(s)"
+    print_summary(report.evaluation(), title)
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="The YAML config file.")]

@@ -105,11 +105,13 @@ def _parse_classes(values: list[str] | None) -> list[int] | None:
     return sorted(set(classes))
 
 
-def _print_summary(report: EvaluationReport, n_cases: int) -> None:
+def print_summary(report: EvaluationReport, title: str) -> None:
+    """The summary as a table: a row per class and metric, every metric of the report in
+    its order (what ``--metric`` asked for), a section per class."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"miscore evaluate: {n_cases} case(s)")
+    table = Table(title=title)
     for column in ("class", "metric", "mean", "std", "median", "n", "NaN"):
         table.add_column(column, justify="left" if column == "metric" else "right")
     previous = None
@@ -227,7 +229,7 @@ def evaluate(
     if as_json:
         print_json(report.model_dump(mode="json", by_alias=True))
     else:
-        _print_summary(report, len(pairs))
+        print_summary(report, f"miscore evaluate: {len(pairs)} case(s)")
 
 
 def _metric_specs(

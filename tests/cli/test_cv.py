@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +206,20 @@ def test_predict_with_the_cv_folder_averages_the_folds(cv: Path) -> None:
     expected = keep_largest_component(np.argmax(probs.array, axis=-1), kept)
     np.testing.assert_array_equal(label.array[..., 0], expected)
     np.testing.assert_array_equal(np.asarray(written.dataobj), label.array[..., 0])
+
+
+def test_the_console_table_shows_every_metric_asked_for_in_order(cv: Path, tmp_path: Path) -> None:
+    # a copy of the finished folder, resumed: no training, the test cases scored again
+    shutil.copytree(cv / "cv", tmp_path / "cv")
+    asked = ["recall", "dice", "volume_true_ml", "precision"]
+    result = run_cli(
+        "cv", cv / "config.yaml", "--data", cv / "data", "--out", tmp_path / "cv", "--resume",
+        *(arg for name in asked for arg in ("--metric", name)), cwd=cv,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    known = {"dice", "iou", "precision", "recall", "hd95", "nsd", "volume_true_ml"}
+    shown = [w for line in result.stdout.splitlines() for w in line.split() if w in known]
+    assert shown == asked * 2, result.stdout  # classes 1 and 2, each with every metric
 
 
 def test_resume_keeps_the_finished_folds_and_can_keep_the_configs_postprocessing(
