@@ -8,7 +8,10 @@ A chain is built once from the config's ``preprocessing`` list::
     back = postprocess_prediction(prediction, ready, steps)   # on the original grid
 
 Each step gets a unique ``state_key`` (``"<index>.<name>"``), so two steps of the same kind
-keep separate inverse state in ``case.meta["steps"]``.
+keep separate inverse state in ``case.meta["steps"]``. The grid each step was given is recorded
+in ``case.meta["step_grids"]``, and ``postprocess_prediction`` checks after each inverse that
+the step restored it: a step whose inverse drops a slice is named, instead of a prediction that
+no longer overlays its image.
 """
 
 from __future__ import annotations
@@ -32,6 +35,40 @@ def _fresh_meta(meta: dict[str, Any]) -> dict[str, Any]:
     out = dict(meta)
     out["steps"] = {key: dict(value) for key, value in meta.get("steps", {}).items()}
     return out
+
+
+#: ``Case.meta`` key of the grid (spatial shape and affine) each step was given; written
+#: copy-on-write, so a step that shares its input's meta never changes an earlier record
+GRIDS_KEY = "step_grids"
+
+
+def _record_grid(step: Subfunction, given: Volume, result: Case) -> None:
+    """Note on ``result`` the grid ``step`` was given: its inverse must return to it."""
+    grids = dict(result.meta.get(GRIDS_KEY, {}))
+    grids[step.state_key] = {"shape": list(given.spatial_shape), "affine": given.affine.tolist()}
+    result.meta[GRIDS_KEY] = grids
+
+
+def _check_restored(step: Subfunction, result: Volume, case: Case, first: bool) -> None:
+    """Raise when ``step``'s inverse did not return a prediction to the grid it was given."""
+    grid = case.meta.get(GRIDS_KEY, {}).get(step.state_key)
+    if grid is None:  # a step before it dropped the record: nothing to compare with
+        return
+    broke = f"preprocessing step {step.name!r} did not restore the grid on inverse"
+    shape = tuple(int(n) for n in grid["shape"])
+    if tuple(result.spatial_shape) != shape:
+        given = "the image is" if first else "the grid it was given is"
+        raise PipelineError(f"{broke}: got {tuple(result.spatial_shape)}, {given} {shape}")
+    expected = np.asarray(grid["affine"], dtype=float)
+    # a thousandth of a millimetre: far below a voxel, far above the rounding of an inverse
+    if result.affine.shape != expected.shape or not np.allclose(
+        result.affine, expected, rtol=0.0, atol=1e-3
+    ):
+        given = "the image's" if first else "the one of the grid it was given"
+        raise PipelineError(
+            f"{broke}: got the affine {np.round(result.affine, 4).tolist()}, "
+            f"{given} is {np.round(expected, 4).tolist()}"
+        )
 
 
 def preprocess_case(case: Case, steps: Sequence[Subfunction], training: bool) -> Case:
@@ -62,6 +99,7 @@ def preprocess_case(case: Case, steps: Sequence[Subfunction], training: bool) ->
                 f"preprocessing step {step.state_key!r} returned {type(result).__name__}, "
                 "not a Case"
             )
+        _record_grid(step, current.image, result)
         current = result
     _check_finite(case, current)
     return current
@@ -97,9 +135,13 @@ def postprocess_prediction(
             the grid of ``preprocessed_case``.
         preprocessed_case: what ``preprocess_case`` returned; it holds each step's state.
         steps: the same steps, in the same order, as given to ``preprocess_case``.
+
+    Raises:
+        PipelineError: a step's inverse did not return the prediction to the grid (shape
+            and affine) the step was given in ``preprocess_case``; the message names it.
     """
     current = prediction
-    for step in reversed(steps):
+    for index, step in reversed(list(enumerate(steps))):
         try:
             result = step.postprocess(current, preprocessed_case)
         except MiscoreError:
@@ -114,6 +156,7 @@ def postprocess_prediction(
                 f"postprocessing step {step.state_key!r} returned {type(result).__name__}, "
                 "not a Volume"
             )
+        _check_restored(step, result, preprocessed_case, first=index == 0)
         current = result
     return current
 

@@ -291,17 +291,29 @@ class Predictor:
         image = np.asarray(ready.image.array, dtype=np.float32)
         scores = self.class_scores(image, overlap, blend, tta)
         label = labels_from_scores(scores, self.config.inference.threshold)
-        on_grid = postprocess_prediction(ready.image.with_array(label), ready, self.steps)
+        on_grid = self._undo_steps(ready.image.with_array(label), ready, case)
         prediction = Volume(on_grid.array, case.image.affine, dict(case.image.meta))
         if postprocess:
             prediction = self.postprocess(prediction, keep_largest)
         probs: Volume | None = None
         if with_probabilities:
-            back = postprocess_prediction(
-                ready.image.with_array(probabilities(scores)), ready, self.steps
-            )
+            back = self._undo_steps(ready.image.with_array(probabilities(scores)), ready, case)
             probs = Volume(back.array, case.image.affine, dict(case.image.meta))
         return prediction, probs
+
+    def _undo_steps(self, prediction: Volume, ready: Case, case: Case) -> Volume:
+        """The prediction on ``case``'s grid: the steps' inverses, each checked to restore
+        the grid it was given (``postprocess_prediction``), and the result checked against
+        the image before it is paired with the image's affine."""
+        back = postprocess_prediction(prediction, ready, self.steps)
+        if back.spatial_shape != case.image.spatial_shape:
+            # reached only when a step dropped the grid record of the steps before it
+            names = ", ".join(repr(step.name) for step in self.steps)
+            raise PipelineError(
+                f"case {case.id}: the preprocessing steps ({names}) did not restore the grid on "
+                f"inverse: got {back.spatial_shape}, the image is {case.image.spatial_shape}"
+            )
+        return back
 
 
 @dataclass
