@@ -9,17 +9,30 @@ Workers: ``workers == 1`` assembles batches in one background thread (overlappin
 step); ``workers > 1`` uses that many processes (``spawn``), each opening the zarr cache itself
 and reading only the chunks its windows touch. ``scipy.ndimage`` holds the GIL, so threads
 would not scale (see DESIGN.md). On-the-fly mode (no disk cache) always uses the thread.
+
+A worker process gets the augmentation objects the loader was given as recipes (class by
+module and name, params), not by looking the config up in a plugin manager of its own: so a
+``--plugin FILE`` augmentation, or one of a plugin registered from Python, reaches it. An
+object that cannot be recreated there (a class made at run time, as for one given to
+``Pipeline(...)``) is refused when the loader is made, with the reason. A worker that fails to
+start, or dies, is reported with its reason as a ``PipelineError``, not ``BrokenProcessPool``.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import math
 import multiprocessing
+import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +40,7 @@ import numpy.typing as npt
 from miscore.cache.chunkread import window_reader
 from miscore.core.components import Augmentation, Sampler
 from miscore.core.config import Config, PatchingConfig
-from miscore.core.errors import InputError
+from miscore.core.errors import ConfigError, InputError, PipelineError, PluginError
 from miscore.data.preprocess import one_hot
 from miscore.pipeline.augmenting import augment_sample
 from miscore.pipeline.patching import (
@@ -37,6 +50,9 @@ from miscore.pipeline.patching import (
     create_sampler,
     extract_patch,
 )
+
+if TYPE_CHECKING:
+    from miscore.core.plugins import PluginManager
 
 #: Extra context read around a patch when spatial augmentations run, as a share of the patch
 #: per side, so that a rotated or scaled patch is cut from data instead of padding.
@@ -156,37 +172,172 @@ class BatchMaker:
 
 # --- process workers ----------------------------------------------------------------------
 
+
+@dataclass(frozen=True)
+class ComponentRecipe:
+    """How a worker process recreates a component: its class, found by module and qualified
+    name, called with its params (plain data). ``file``: the module's source, for a module
+    that another process cannot import by name (a ``--plugin FILE`` module)."""
+
+    module: str
+    qualname: str
+    params: dict[str, Any]
+    file: str | None = None
+
+    def create(self) -> Any:
+        """The component, made in this process (its module imported or loaded first)."""
+        module = sys.modules.get(self.module)
+        if module is None:
+            try:
+                module = self._import()
+            except Exception as exc:
+                where = f"{self.module} ({self.file})" if self.file else self.module
+                raise PluginError(f"importing {where}: {type(exc).__name__}: {exc}") from exc
+        found: Any = module
+        for part in self.qualname.split("."):
+            found = getattr(found, part)
+        return found(self.params)
+
+    def _import(self) -> ModuleType:
+        if self.file is None:
+            return importlib.import_module(self.module)
+        spec = importlib.util.spec_from_file_location(self.module, self.file)
+        if spec is None or spec.loader is None:
+            raise ImportError("not a Python source file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[self.module] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[self.module]
+            raise
+        return module
+
+
+def _importable(top_level: str) -> bool:
+    """Whether a fresh process (same ``sys.path``) imports module ``top_level`` by name: the
+    import system's finders are asked, not ``sys.modules``."""
+    for finder in sys.meta_path:
+        find = getattr(finder, "find_spec", None)
+        if find is not None and find(top_level, None) is not None:
+            return True
+    return False
+
+
+def _class_problem(cls: type) -> str | None:
+    """Why a worker process cannot find ``cls`` by its module and name, or None."""
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if "<locals>" in cls.__qualname__:
+        return f"its class {where} is defined inside a function"
+    module = sys.modules.get(cls.__module__)
+    found: Any = module
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    if found is not cls:
+        return (
+            f"its class {cls.__qualname__} is made at run time (there is no {where}), as "
+            "for a component object given to Pipeline(...)"
+        )
+    if cls.__module__ == "__main__":
+        if not isinstance(getattr(module, "__file__", None), str):
+            return "its class is defined in an interactive session (__main__ has no file)"
+        return None  # a spawned worker runs the main script's file again (as __mp_main__)
+    if _importable(cls.__module__.split(".")[0]):
+        return None
+    if "." in cls.__module__ or not isinstance(getattr(module, "__file__", None), str):
+        return f"its module {cls.__module__} cannot be imported by another process"
+    return None  # a module made from a file (--plugin FILE): the worker loads the file
+
+
+def component_recipe(component: Augmentation) -> ComponentRecipe:
+    """How a loader worker process recreates ``component``.
+
+    Raises ``ConfigError`` (naming the component and the way out: ``training.workers: 1`` or
+    a plugin) when it cannot: its class is not importable there (made at run time, defined in
+    a function or an interactive session), or it holds state its params do not recreate.
+    """
+    cls = type(component)
+    problem = _class_problem(cls)
+    params: dict[str, Any] = {}
+    if problem is None:
+        try:
+            params = component.params.model_dump(mode="json")
+            clone = cls(params)
+        except Exception as exc:
+            problem = f"recreating it from its params failed ({type(exc).__name__}: {exc})"
+        else:
+            extra = sorted(set(vars(component)) - set(vars(clone)))
+            if extra:
+                problem = f"it holds attributes its params do not recreate ({', '.join(extra)})"
+    if problem is not None:
+        raise ConfigError(
+            f"training.workers: augmentation {component.name!r} ({cls.__name__} object) cannot "
+            f"be sent to a loader worker process: {problem}; set training.workers: 1 (batches "
+            "made by a thread of this process), or register its class through a plugin (an "
+            "entry point, or --plugin FILE / MISCORE_PLUGINS) and name it in the config"
+        )
+    module = sys.modules[cls.__module__]
+    file = None
+    if cls.__module__ != "__main__" and not _importable(cls.__module__.split(".")[0]):
+        file = str(Path(module.__file__ or "").resolve())
+    return ComponentRecipe(cls.__module__, cls.__qualname__, params, file)
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a loader worker process starts from (plain data, sent once per process)."""
+
+    cache_root: str
+    cache_settings: Any
+    entries: tuple[tuple[str, str], ...]  # (cache key digest, case id)
+    patching: dict[str, Any]
+    augmentations: tuple[ComponentRecipe, ...]
+    n_classes: int
+
+    def batch_maker(self) -> BatchMaker:
+        """Open the cache entries and recreate the augmentations (in the worker)."""
+        from miscore.cache import CacheKey, CaseCache
+
+        cache = CaseCache(self.cache_root, self.cache_settings)
+        cases = []
+        for digest, case_id in self.entries:
+            found = cache.get(CacheKey(digest, case_id, {}))
+            if found is None:
+                raise PipelineError(
+                    f"the cache entry of case {case_id} ({digest}) in {self.cache_root} was "
+                    "removed while training; run the command again to rebuild it"
+                )
+            cases.append(found)
+        augmentations = [recipe.create() for recipe in self.augmentations]
+        patching = PatchingConfig.model_validate(self.patching)
+        return BatchMaker(cases, patching, augmentations, self.n_classes)
+
+
 _WORKER: BatchMaker | None = None
+#: why this worker process could not start: raised by every batch asked of it
+_START_FAILURE: str | None = None
 
 
-def _init_worker(
-    cache_root: str,
-    settings: Any,
-    digests: list[tuple[str, str]],
-    patching: dict[str, Any],
-    augmentation: list[dict[str, Any]],
-    local_plugins: list[str],
-    n_classes: int,
-) -> None:
-    """Open the cache and create the augmentations in a worker process."""
-    global _WORKER
-    from miscore.cache import CacheKey, CaseCache
-    from miscore.core.plugins import PluginManager
-
-    cache = CaseCache(cache_root, settings)
-    cases = []
-    for digest, case_id in digests:
-        found = cache.get(CacheKey(digest, case_id, {}))
-        if found is None:
-            raise RuntimeError(f"cache entry of case {case_id} vanished while training")
-        cases.append(found)
-    registry = PluginManager(local_plugins=local_plugins).registry
-    augmentations = [registry.create("augmentation", e) for e in augmentation]
-    _WORKER = BatchMaker(cases, PatchingConfig.model_validate(patching), augmentations, n_classes)
+def _init_worker(setup: WorkerSetup) -> None:
+    """Start a worker process. A failure is kept and raised, as a ``PipelineError`` naming
+    this worker, by the batches asked of it: an initializer that raises would break the
+    whole pool with ``BrokenProcessPool`` and no reason."""
+    global _WORKER, _START_FAILURE
+    try:
+        _WORKER = setup.batch_maker()
+    except Exception as exc:
+        process = multiprocessing.current_process()
+        reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        _START_FAILURE = (
+            f"loader worker {process.name} (pid {process.pid}) failed to start: "
+            f"{type(exc).__name__}: {reason} (training.workers: 1 makes the batches in "
+            "this process)"
+        )
 
 
 def _worker_batch(samples: list[Sample]) -> Batch:
-    assert _WORKER is not None, "worker not initialised"
+    if _WORKER is None:
+        raise PipelineError(_START_FAILURE or "loader worker not started")
     return _WORKER.batch(samples)
 
 
@@ -203,11 +354,17 @@ class PatchLoader:
         n_classes: for one-hot targets.
         cache_root, cache_settings: where process workers open the cache; None (on-the-fly
             mode) keeps everything in this process.
-        local_plugins: ``--plugin`` modules the workers must load too.
+        local_plugins: ``--plugin`` modules for finding the sampler when neither ``sampler``
+            nor ``plugins`` is given (workers recreate ``augmentations`` without them).
         prefetch: batches prepared ahead.
         sampler: the ``Sampler`` choosing ``random``/``slice`` windows; None: the one
-            ``patching.sampler`` names (or the plugins' default), from the installed plugins
-            and ``local_plugins``. Windows are planned here, never in the workers.
+            ``patching.sampler`` names (or the plugins' default), from ``plugins``. Windows
+            are planned here, never in the workers.
+        plugins: the session's plugin manager, where a missing ``sampler`` comes from; None:
+            the installed plugins and ``local_plugins``.
+
+    Raises ``ConfigError`` when process workers are used (``training.workers > 1`` with a
+    cache on disk) and an augmentation cannot be recreated in them (``component_recipe``).
     """
 
     def __init__(
@@ -222,6 +379,7 @@ class PatchLoader:
         local_plugins: Sequence[str] = (),
         prefetch: int = 2,
         sampler: Sampler | None = None,
+        plugins: PluginManager | None = None,
     ) -> None:
         if not cases:
             raise InputError("no cases to train on")
@@ -231,23 +389,25 @@ class PatchLoader:
         self.seed = config.training.seed
         self.maker = BatchMaker(self.cases, config.patching, augmentations, n_classes)
         if sampler is None and config.patching.mode in SAMPLED_MODES:
-            from miscore.core.plugins import PluginManager
+            if plugins is None:
+                from miscore.core.plugins import PluginManager
 
-            registry = PluginManager(local_plugins=local_plugins).registry
-            sampler = create_sampler(config.patching, registry)
+                plugins = PluginManager(local_plugins=local_plugins)
+            sampler = create_sampler(config.patching, plugins.registry)
         self.sampler = PatchSampler(config.patching, sampler)
         self.prefetch = max(1, prefetch)
         self.workers = config.training.workers if cache_root is not None else 1
         self._executor: Executor | None = None
-        self._init_args = (
-            cache_root,
-            cache_settings,
-            [(c.key, c.id) for c in self.cases],
-            config.patching.model_dump(),
-            [s.model_dump() for s in config.augmentation],
-            list(local_plugins),
-            n_classes,
-        )
+        self._setup: WorkerSetup | None = None
+        if self.workers > 1 and cache_root is not None:
+            self._setup = WorkerSetup(
+                cache_root,
+                cache_settings,
+                tuple((c.key, c.id) for c in self.cases),
+                config.patching.model_dump(mode="json"),
+                tuple(component_recipe(a) for a in augmentations),
+                n_classes,
+            )
         self._check_shapes()
         planned = sum(len(e) for e in self._epoch_samples(0))
         self.steps_per_epoch = config.training.steps_per_epoch or max(
@@ -320,13 +480,12 @@ class PatchLoader:
 
     def _pool(self) -> Executor:
         if self._executor is None:
-            if self.workers > 1:
-                initializer: Any = _init_worker
+            if self._setup is not None:
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.workers,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=initializer,
-                    initargs=self._init_args,
+                    initializer=_init_worker,
+                    initargs=(self._setup,),
                 )
             else:
                 self._executor = ThreadPoolExecutor(max_workers=1)
@@ -342,9 +501,9 @@ class PatchLoader:
         for batch in plan:
             pending.append(pool.submit(work, batch))
             if len(pending) >= ahead:
-                yield pending.popleft().result()
+                yield _result(pending.popleft())
         while pending:
-            yield pending.popleft().result()
+            yield _result(pending.popleft())
 
     def forever(self, start_epoch: int = 0) -> Iterator[Batch]:
         """Epoch after epoch from ``start_epoch``: what Keras ``fit`` consumes."""
@@ -387,3 +546,16 @@ class PatchLoader:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
+
+
+def _result(future: Future[Batch]) -> Batch:
+    """A batch; a worker process that died (killed, out of memory, a crash in native code)
+    is reported as such instead of ``BrokenProcessPool``."""
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        raise PipelineError(
+            "a loader worker process ended abruptly (killed, out of memory, or crashed in "
+            "native code); set training.workers: 1 to make the batches in this process, or "
+            "fewer workers to use less memory"
+        ) from None

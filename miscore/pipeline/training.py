@@ -27,7 +27,7 @@ import numpy as np
 
 from miscore.core.atomic import atomic_output, write_text_atomic
 from miscore.core.config import Config
-from miscore.core.errors import InputError, PipelineError
+from miscore.core.errors import InputError, MiscoreError, PipelineError
 from miscore.pipeline.modecheck import INFERENCE_COLUMN, TRAINING_COLUMN, degenerate_warning
 from miscore.pipeline.modeldir import (
     ComponentRecord,
@@ -534,17 +534,34 @@ def run_fit(
     validation_data: Any = validation
     if outputs > 1 and validation is not None:
         validation_data = (validation[0], (validation[1],) * outputs)
-    model.fit(
-        per_head(loader.forever(initial_epoch), outputs),
-        steps_per_epoch=loader.steps_per_epoch,
-        epochs=total,
-        initial_epoch=initial_epoch,
-        validation_data=validation_data,
-        validation_batch_size=config.training.batch_size,
-        callbacks=callbacks,
-        shuffle=False,  # the loader shuffles, seeded
-        verbose=0,
-    )
+    raised: list[MiscoreError] = []
+    try:
+        model.fit(
+            per_head(noting_errors(loader.forever(initial_epoch), raised), outputs),
+            steps_per_epoch=loader.steps_per_epoch,
+            epochs=total,
+            initial_epoch=initial_epoch,
+            validation_data=validation_data,
+            validation_batch_size=config.training.batch_size,
+            callbacks=callbacks,
+            shuffle=False,  # the loader shuffles, seeded
+            verbose=0,
+        )
+    except Exception:
+        # TensorFlow re-raises an error of the batch generator as its own, the traceback
+        # pasted into the message: the user reads the miscore error itself (one line).
+        if raised:
+            raise raised[0] from None
+        raise
+
+
+def noting_errors(batches: Iterator[Any], raised: list[MiscoreError]) -> Iterator[Any]:
+    """``batches``, appending to ``raised`` a miscore error they end with (for ``run_fit``)."""
+    try:
+        yield from batches
+    except MiscoreError as exc:
+        raised.append(exc)
+        raise
 
 
 #: fixed patches the inference-mode check predicts every epoch (twice: both modes)
@@ -726,12 +743,15 @@ def train(
     ids = training_ids(dataset, case_ids)
     train_ids, val_ids = split_validation(ids, config)
     store = open_cache(config, cache)
+    check_worker_components(config, components, store)  # before the cache is built
     cases = prepare_cases(
         config, plugins, dataset, ids, store, components["preprocessing"], log, progress
     )
     check_cases(cases)
     by_id = {c.id: c for c in cases}
-    loader = patch_loader(config, [by_id[i] for i in train_ids], components, store, local_plugins)
+    loader = patch_loader(
+        config, [by_id[i] for i in train_ids], components, store, local_plugins, plugins
+    )
     sampler = loader.sampler.sampler  # None: the mode cuts no random windows
     info = ModelInfo(
         plugins=plugins.versions(),
@@ -760,10 +780,11 @@ def patch_loader(
     components: Mapping[str, Any],
     store: Any,
     local_plugins: Sequence[str],
+    plugins: PluginManager | None = None,
 ) -> PatchLoader:
     """The training batches of ``cases``, read from ``store`` (directly when it is a cache
     on disk, so that loader processes open it themselves), augmented and sampled by the
-    ``components`` that ``check_components`` created."""
+    ``components`` that ``check_components`` created (``plugins``: the session's manager)."""
     from miscore.cache import CaseCache
     from miscore.pipeline.loader import PatchLoader
 
@@ -776,7 +797,19 @@ def patch_loader(
         cache_settings=store.settings,
         local_plugins=local_plugins,
         sampler=components.get("sampler"),
+        plugins=plugins,
     )
+
+
+def check_worker_components(config: Config, components: Mapping[str, Any], store: Any) -> None:
+    """Refuse, before any work, augmentations that loader worker processes cannot recreate
+    (``training.workers > 1`` with a cache on disk; ``loader.component_recipe`` says why)."""
+    from miscore.cache import CaseCache
+    from miscore.pipeline.loader import component_recipe
+
+    if config.training.workers > 1 and isinstance(store, CaseCache):
+        for augmentation in components["augmentation"]:
+            component_recipe(augmentation)
 
 
 def training_ids(dataset: Dataset, case_ids: Sequence[str] | None) -> list[str]:
