@@ -3,6 +3,8 @@
 The key (``make_key``) hashes the input files' identity (``file_identity``), the deterministic
 pipeline (``pipeline_fingerprint``: preprocessing entries with their defaults, the versions of
 the plugins involved, miscore's version) and the cache's own settings (``CacheSettings``).
+A plugin whose code can change under one version (a local ``--plugin`` file, an editable
+install) enters with the hash of its source (``PluginInfo.key_version``).
 Change any of them and a new entry is made; nothing stale is ever served.
 """
 
@@ -142,7 +144,8 @@ def pipeline_fingerprint(
 
     Args:
         steps: the cached preprocessing steps, in order (each must be deterministic).
-        manager: gives the version of the plugin that registers each step and reader.
+        manager: gives the version of the plugin that registers each step and reader (with
+            its source hash for local plugins and editable installs: ``key_version``).
         training: whether steps ran in training mode (a step may treat labels differently).
         classes: ``data.classes``.
         io: names of the IO components that read the inputs.
@@ -158,10 +161,10 @@ def pipeline_fingerprint(
             )
         entries.append(step.config())  # validated params, defaults filled in
         info = manager.plugin_of("subfunction", step.name)
-        plugins[info.name] = info.version
+        plugins[info.name] = info.key_version
     for name in io:
         info = manager.plugin_of("io", name)
-        plugins[info.name] = info.version
+        plugins[info.name] = info.key_version
     return {
         "preprocessing": entries,
         "plugins": dict(sorted(plugins.items())),

@@ -116,10 +116,21 @@ def _prescan(argv: Sequence[str]) -> tuple[bool, list[str]]:
     return debug, local
 
 
+def _explain_missing_commands(manager: PluginManager) -> None:
+    """After typer's "No such command": the plugins whose commands are missing because they
+    did not load (or their ``miscore_register_commands`` raised), each with its reason."""
+    for failure in manager.load_failures:
+        print(
+            f"miscore: {failure}; its commands are missing; run `miscore plugins` for details",
+            file=sys.stderr,
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the CLI; exit 0 on success, 2 on bad input, 1 on a failure at run time."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug, local = _prescan(args)
+    manager: PluginManager | None = None
     try:
         manager = PluginManager(local_plugins=local)
         app = build_app(manager)
@@ -138,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> None:
             show()
         else:
             print(f"miscore: error: {exc.format_message()}", file=sys.stderr)
+        if manager is not None and exc.format_message().startswith("No such command"):
+            _explain_missing_commands(manager)
         sys.exit(exc.exit_code)
     except MiscoreError as exc:
         if debug:

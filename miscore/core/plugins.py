@@ -16,6 +16,12 @@ first wins (``tryfirst``, then plain, then ``trylast``; among equals the plugin 
 later). Entry points are registered sorted by name, local ``--plugin`` modules after them. The
 loser is kept in ``Registry.shadowed`` and shown by ``miscore plugins``.
 
+Source hashes: a plugin whose code can change without its version changing (a local
+``--plugin`` file or module, a module registered from Python, an entry point of an editable
+install) gets ``PluginInfo.source_hash``, a SHA-256 of its ``.py`` files read when it is
+registered; cache keys use ``PluginInfo.key_version`` (``0+local.src.<12 hex>``), so an edited
+step makes new entries. A regular installed wheel is keyed by its version.
+
 Environment switches (documented in docs/plugins/index.md):
 - ``MISCORE_DISABLE_PLUGINS=name,...`` blocks plugins by name (entry-point or module name);
 - ``MISCORE_PLUGINS=module_or_file,...`` registers local modules, as ``--plugin`` does;
@@ -24,9 +30,12 @@ Environment switches (documented in docs/plugins/index.md):
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -87,6 +96,21 @@ class PluginInfo:
     components: dict[str, list[str]] = field(default_factory=dict)
     #: the CLI commands (and command groups) its ``miscore_register_commands`` added
     commands: list[str] = field(default_factory=list)
+    #: the installed distribution that provides an entry-point plugin: "name version"
+    distribution: str | None = None
+    #: SHA-256 (12 hex) of the plugin's ``.py`` files when its code may change without its
+    #: version (local plugins, editable installs); None for an installed wheel
+    source_hash: str | None = None
+
+    @property
+    def key_version(self) -> str:
+        """The version cache keys use: ``version``, plus ``src.<hash>`` as a local version
+        label when the plugin has a source hash (``0+local.src.1a2b...``,
+        ``1.2.0+src.1a2b...``)."""
+        if self.source_hash is None:
+            return self.version
+        separator = "." if "+" in self.version else "+"
+        return f"{self.version}{separator}src.{self.source_hash}"
 
 
 def split_env_list(value: str | None) -> list[str]:
@@ -120,6 +144,77 @@ def import_local_plugin(spec: str) -> ModuleType:
         raise PluginError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from exc
     except Exception as exc:
         raise PluginError(f"--plugin {spec}: {type(exc).__name__}: {exc}") from exc
+
+
+#: hex digits of ``PluginInfo.source_hash``
+SOURCE_HASH_LENGTH = 12
+
+
+def module_sources(module: ModuleType, *, whole_package: bool = False) -> list[Path]:
+    """The files and folders whose ``.py`` files are the code of ``module``.
+
+    A module is its file; a package (``__init__.py``) is its folder. With ``whole_package``
+    the module's top-level package is taken (an editable install: any module of it may
+    change). A module without a file (built in, made in a session) gives ``[]``.
+    """
+    if whole_package:
+        top = sys.modules.get(module.__name__.split(".")[0])
+        if top is not None:
+            module = top
+    locations = getattr(module, "__path__", None)
+    if locations is not None:  # a package, perhaps a namespace package of several folders
+        return sorted({Path(p) for p in locations if Path(p).is_dir()})
+    file = getattr(module, "__file__", None)
+    return [Path(file)] if isinstance(file, str) and file.endswith(".py") else []
+
+
+def source_hash(roots: Sequence[Path]) -> str | None:
+    """SHA-256 (``SOURCE_HASH_LENGTH`` hex) of the ``.py`` files at ``roots`` (files, or folders
+    searched recursively), by sorted relative path and bytes; None when there are none."""
+    files: list[tuple[str, Path]] = []
+    for root in roots:
+        if root.is_dir():
+            files += [
+                (f"{root.name}/{p.relative_to(root).as_posix()}", p)
+                for p in root.rglob("*.py")
+                if "__pycache__" not in p.parts
+            ]
+        elif root.is_file():
+            files.append((root.name, root))
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for name, path in sorted(files):
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise PluginError(f"cannot read plugin source {path}: {exc}") from None
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()[:SOURCE_HASH_LENGTH]
+
+
+def is_editable(dist: importlib.metadata.Distribution | None) -> bool:
+    """Whether ``dist`` is an editable install (``pip install -e``, ``uv pip install -e``):
+    installers record it in the distribution's ``direct_url.json`` (PEP 610), whichever
+    build backend (setuptools, hatchling...) made it."""
+    if dist is None:
+        return False
+    try:
+        text = dist.read_text("direct_url.json")
+        info = json.loads(text) if text else {}
+    except (OSError, ValueError):
+        return False
+    dir_info = info.get("dir_info") if isinstance(info, dict) else None
+    return isinstance(dir_info, dict) and dir_info.get("editable") is True
+
+
+def distribution_label(dist: importlib.metadata.Distribution | None) -> str | None:
+    """``"tp-extras-pkg 0.1"``: the distribution's name and version, as pip lists them."""
+    if dist is None:
+        return None
+    name = dist.metadata["Name"] if dist.metadata is not None else None
+    return f"{name or '?'} {dist.version}"
 
 
 def check_plugin_api(plugin: object, name: str) -> None:
@@ -220,9 +315,21 @@ class PluginManager:
     # --- registration -------------------------------------------------------------------
 
     def register(
-        self, plugin: object, name: str | None = None, *, version: str | None = None
+        self,
+        plugin: object,
+        name: str | None = None,
+        *,
+        version: str | None = None,
+        sources: Sequence[Path] | None = None,
     ) -> str:
         """Register a plugin object (usually a module) and return the name it got.
+
+        Args:
+            version: the plugin's version; by default its ``__version__`` or ``0+local``.
+            sources: files or folders whose ``.py`` files are the plugin's code, hashed into
+                ``PluginInfo.source_hash`` for cache keys. By default, when no ``version`` is
+                given, the file of the plugin's module (its folder for a package); with a
+                ``version``, none.
 
         Raises ``PluginError`` when it implements a hook wrongly (misspelled name or
         arguments the spec does not have) or needs another plugin API
@@ -248,11 +355,15 @@ class PluginManager:
                 self._pm.unregister(registered)
             raise PluginError(f"plugin {name!r} is invalid: {exc}") from exc
         module = getattr(plugin, "__name__", type(plugin).__module__)
+        if sources is None and version is None:
+            code = plugin if isinstance(plugin, ModuleType) else sys.modules.get(module)
+            sources = module_sources(code) if code is not None else []
         self._info[name] = PluginInfo(
             name=name,
             version=version or str(getattr(plugin, "__version__", "0+local")),
             module=module,
             source="api",
+            source_hash=source_hash(sources or ()),
         )
         self._registry = None
         return name
@@ -289,22 +400,28 @@ class PluginManager:
             module = ep.value.split(":")[0]
             if {ep.name, module} & self.disabled or self.is_registered(ep.name):
                 continue
+            distribution = distribution_label(ep.dist)
             try:
                 plugin = ep.load()
             except Exception as exc:
-                self._failures.append(
-                    PluginFailure(ep.name, "import", f"{type(exc).__name__}: {exc}")
-                )
+                message = f"{type(exc).__name__}: {exc}"
+                self._failures.append(PluginFailure(ep.name, "import", message, distribution))
                 continue
             version = getattr(plugin, "__version__", None) or (
                 ep.dist.version if ep.dist is not None else "unknown"
             )
+            sources: list[Path] = []
+            if is_editable(ep.dist) and ep.module in sys.modules:
+                sources = module_sources(sys.modules[ep.module], whole_package=True)
             try:
-                self.register(plugin, ep.name, version=str(version))
+                self.register(plugin, ep.name, version=str(version), sources=sources)
             except PluginError as exc:
-                self._failures.append(PluginFailure(ep.name, "registration", str(exc)))
+                self._failures.append(
+                    PluginFailure(ep.name, "registration", str(exc), distribution)
+                )
                 continue
             self._info[ep.name].source = "entry point"
+            self._info[ep.name].distribution = distribution
 
     def _load_local(self, spec: str) -> None:
         module = import_local_plugin(spec)
@@ -387,9 +504,17 @@ class PluginManager:
         defaults = self._merged("miscore_defaults", failures)
         formats = self._merged("miscore_register_output_formats", failures)
         failures.extend(self._monitor.unclaimed)
+        failures = [self._with_distribution(f) for f in failures]
         return Registry(
             components, failures, defaults=defaults, output_formats=formats, shadowed=shadowed
         )
+
+    def _with_distribution(self, failure: PluginFailure) -> PluginFailure:
+        """``failure`` naming the distribution of its plugin, when an entry point's."""
+        info = self._info.get(failure.plugin)
+        if failure.distribution is None and info is not None and info.distribution:
+            return dataclasses.replace(failure, distribution=info.distribution)
+        return failure
 
     def _merged(self, hook_name: str, failures: list[PluginFailure]) -> dict[str, Any]:
         """Merge the dicts a hook's implementations return: the first in pluggy's call
@@ -420,6 +545,12 @@ class PluginManager:
     @property
     def failures(self) -> tuple[PluginFailure, ...]:
         return self.registry.failures
+
+    @property
+    def load_failures(self) -> tuple[PluginFailure, ...]:
+        """The plugins that are installed but did not load, and the ``miscore_register_commands``
+        implementations that raised; known without building the registry."""
+        return tuple(self._with_distribution(f) for f in self._failures)
 
     def versions(self) -> dict[str, str]:
         """Plugin name -> version, for model directories and cache keys."""

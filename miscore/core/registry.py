@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from miscore.core.components import (
     BASES,
     KINDS,
+    REGISTRATION_HOOKS,
     Architecture,
     Augmentation,
     Component,
@@ -38,16 +39,34 @@ class ComponentInfo:
     version: str
 
 
+#: ``PluginFailure.stage`` of a plugin that is installed but did not load
+LOAD_STAGES = frozenset({"import", "registration"})
+
+
 @dataclass(frozen=True)
 class PluginFailure:
-    """A plugin that could not be loaded or whose registration hook raised."""
+    """A plugin that could not be loaded or whose registration hook raised.
+
+    ``stage`` is ``import`` (the entry point raised on import), ``registration`` (refused:
+    a wrong hook, another plugin API) or the name of the hook that raised.
+    ``distribution`` is ``"name version"`` of the installed package, for entry points.
+    """
 
     plugin: str
     stage: str
     message: str
+    distribution: str | None = None
+
+    @property
+    def did_not_load(self) -> bool:
+        """Whether the plugin is missing altogether (not only one hook's answer)."""
+        return self.stage in LOAD_STAGES
 
     def __str__(self) -> str:
-        return f"plugin {self.plugin!r} failed at {self.stage}: {self.message}"
+        where = f" (distribution {self.distribution})" if self.distribution else ""
+        if self.did_not_load:
+            return f"plugin {self.plugin!r}{where} is installed but failed to load: {self.message}"
+        return f"plugin {self.plugin!r}{where} failed at {self.stage}: {self.message}"
 
 
 @dataclass(frozen=True)
@@ -275,14 +294,25 @@ class Registry:
         return self._by_kind[kind]
 
     def _missing_message(self, kind: str, name: str) -> str:
+        """No such component: the plugins that failed come first (the name may well be one
+        of theirs), then the closest installed name as a guess, then the installed names."""
         installed = self.names(kind)
         message = f"no {kind} named {name!r}"
         close = difflib.get_close_matches(name, installed, n=1, cutoff=0.5)
-        if close:
+        relevant = [
+            f for f in self.failures if f.did_not_load or f.stage == REGISTRATION_HOOKS[kind]
+        ]
+        if relevant:
+            message += "; " + "; ".join(str(f) for f in relevant)
+            message += "; run `miscore plugins` for details"
+            if close:
+                message += f"; otherwise did you mean {close[0]!r}?"
+        elif close:
             message += f" (did you mean {close[0]!r}?)"
         message += f"; installed: {', '.join(installed) if installed else 'none'}"
-        if self.failures:
-            message += "; " + "; ".join(str(f) for f in self.failures)
+        others = [f for f in self.failures if f not in relevant]
+        if others:
+            message += "; " + "; ".join(str(f) for f in others)
         return message
 
 

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from miscore.core.atomic import atomic_output, write_text_atomic
 from miscore.core.config import Config, load_config
 from miscore.core.errors import ComponentNotFoundError, InputError
+from miscore.core.plugins import DISABLE_ENV
 from miscore.core.version import __version__
 
 if TYPE_CHECKING:
@@ -151,13 +152,16 @@ class ModelDir:
 
 
 #: the kinds of recorded components a prediction needs (the others made the model: readers,
-#: augmentations, schedules, callbacks, evaluators); postprocessors while the config lists them
-PREDICTION_KINDS = frozenset({"architecture", "loss", "subfunction"})
+#: augmentations, the loss, schedules, callbacks, evaluators; the model is loaded without
+#: compiling, so its loss is never built); postprocessors while the config lists them
+PREDICTION_KINDS = frozenset({"architecture", "subfunction"})
 
 
 def check_plugins(info: ModelInfo, plugins: PluginManager, config: Config | None = None) -> None:
-    """Raise a clear error naming the plugin to install when a component that predictions
-    need is missing: ``PREDICTION_KINDS``, and the postprocessors ``config`` still lists."""
+    """Raise a clear error when a component that predictions need is missing:
+    ``PREDICTION_KINDS``, and the postprocessors ``config`` still lists. The error says
+    whether its plugin is installed but failed to load (naming the distribution and the
+    reason) or is not installed."""
     registry = plugins.registry
     listed = {p.name for p in config.inference.postprocessing} if config is not None else set()
     for record in info.components:
@@ -169,9 +173,21 @@ def check_plugins(info: ModelInfo, plugins: PluginManager, config: Config | None
         try:
             registry.info(record.kind, record.name)
         except ComponentNotFoundError:
-            raise InputError(
+            needs = (
                 f"this model needs the {record.kind} {record.name!r} of plugin "
-                f"{record.plugin!r} (version {record.version}): install {record.plugin}"
+                f"{record.plugin!r} (version {record.version})"
+            )
+            failed = [f for f in registry.failures if f.plugin == record.plugin]
+            if failed:
+                reasons = "; ".join(str(f) for f in failed)
+                raise InputError(f"{needs}: {reasons}; run `miscore plugins` for details") from None
+            if record.plugin in plugins.disabled:
+                raise InputError(
+                    f"{needs}: the plugin is disabled ({DISABLE_ENV}); enable it"
+                ) from None
+            raise InputError(
+                f"{needs}: it is not installed; install the package that provides the miscore "
+                f"plugin {record.plugin!r}"
             ) from None
 
 

@@ -125,10 +125,11 @@ def test_predicting_into_an_input_folder_is_refused(trained: Path) -> None:
 def test_a_missing_plugin_is_named(trained: Path) -> None:
     result = run_cli(
         "predict", "model", "test", "--out", "nope", cwd=trained,
-        env={"MISCORE_DISABLE_PLUGINS": "losses"},
+        env={"MISCORE_DISABLE_PLUGINS": "unet"},
     )  # fmt: skip
     line = assert_one_line_error(result)
-    assert "install losses" in line
+    assert "needs the architecture 'unet' of plugin 'unet'" in line
+    assert "the plugin is disabled (MISCORE_DISABLE_PLUGINS)" in line
 
 
 def test_a_model_carrying_code_is_refused(trained: Path, tmp_path: Path) -> None:
