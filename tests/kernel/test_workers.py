@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,19 @@ class Stamp(miscore.Augmentation):
     Params = StampParams
 
     def augment(self, image: Any, label: Any, rng: np.random.Generator) -> Any:
+        assert isinstance(self.params, StampParams)
         return np.full_like(image, self.params.value), label
+
+
+class Crash(miscore.Augmentation):
+    """Ends the process it runs in, unless it is the main one (a worker killed mid-batch)."""
+
+    name = "crash"
+
+    def augment(self, image: Any, label: Any, rng: np.random.Generator) -> Any:
+        if multiprocessing.current_process().name != "MainProcess":
+            os._exit(3)
+        return image, label
 
 
 #: a local plugin file: an augmentation that writes the process it ran in
@@ -189,6 +203,18 @@ def test_an_augmentation_that_cannot_be_sent_to_a_worker_is_refused(
         cache_settings=cache.settings, plugins=miscore.PluginManager(),
     )  # fmt: skip
     assert len(first_epoch(loader)) == loader.steps_per_epoch
+
+
+def test_a_worker_that_dies_is_reported_not_broken_process_pool(
+    disk_cases: tuple[CaseCache, list[Any]],
+) -> None:
+    cache, cases = disk_cases
+    loader = PatchLoader(
+        cases, config(workers=2), [Crash(p=1.0)], 3, cache_root=str(cache.root),
+        cache_settings=cache.settings, plugins=miscore.PluginManager(),
+    )  # fmt: skip
+    with pytest.raises(miscore.PipelineError, match="a loader worker process ended abruptly"):
+        first_epoch(loader)
 
 
 def write_dataset(root: Path) -> Path:
