@@ -14,6 +14,10 @@ from typing import Annotated
 
 import typer
 
+# The base of typer's usage errors: click's, vendored into typer since 0.26 (typer 0.27+ also
+# names it typer.TyperException; pyproject pins typer < 0.27, whose help renders as click's).
+from typer._click.exceptions import ClickException
+
 from miscore.cli import (
     analyze_cmd,
     bench_cmd,
@@ -121,7 +125,8 @@ def _explain_missing_commands(manager: PluginManager) -> None:
     did not load (or their ``miscore_register_commands`` raised), each with its reason."""
     for failure in manager.load_failures:
         print(
-            f"miscore: {failure}; its commands are missing; run `miscore plugins` for details",
+            f"miscore: {failure}; any command it adds is missing; run `miscore plugins` "
+            "for details",
             file=sys.stderr,
         )
 
@@ -143,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except typer.Abort:
         print("miscore: aborted", file=sys.stderr)
         sys.exit(130)
-    except typer.TyperException as exc:  # usage errors: typer's own message and exit code 2
+    except ClickException as exc:  # usage errors: typer's own message and exit code 2
         show = getattr(exc, "show", None)
         if callable(show):
             show()
