@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import multiprocessing
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -120,16 +123,31 @@ def test_augmentation_objects_given_to_the_loader_run_in_its_workers(
         np.testing.assert_array_equal(x, 5.0)
 
 
+def load_module_from_file(name: str, path: Path) -> ModuleType:
+    """A module made from a file outside ``sys.path``, as an embedding program may do."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("how", ["local_plugins", "register"])
 def test_a_local_plugin_of_the_session_manager_reaches_the_workers(
-    disk_cases: tuple[CaseCache, list[Any]], tmp_path: Path
+    disk_cases: tuple[CaseCache, list[Any]], tmp_path: Path, how: str
 ) -> None:
     cache, cases = disk_cases
-    plugin = tmp_path / "process_mark.py"
+    plugin = tmp_path / f"process_mark_{how}.py"
     plugin.write_text(PROCESS_MARK)
-    manager = miscore.PluginManager(local_plugins=[str(plugin)])
+    if how == "local_plugins":  # as --plugin FILE
+        manager = miscore.PluginManager(local_plugins=[str(plugin)])
+    else:  # a module the program made from a file, registered from Python
+        manager = miscore.PluginManager()
+        manager.register(load_module_from_file(f"marks_{tmp_path.name}", plugin))
     cfg = config(workers=2, augmentation=[{"name": "process_mark", "p": 1.0, "value": 3.0}])
     mark = manager.registry.create("augmentation", cfg.augmentation[0])
-    # no local_plugins= here: the manager knows its local plugins
+    # no local_plugins= here: the workers recreate the object the loader is given
     loader = PatchLoader(
         cases, cfg, [mark], 3, cache_root=str(cache.root), cache_settings=cache.settings,
         plugins=manager,
