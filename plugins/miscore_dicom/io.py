@@ -10,16 +10,17 @@ from pydantic import Field
 
 import miscore
 from miscore_dicom.series import (
+    DICOM_SUFFIXES,
     RTSTRUCT_SOP_CLASS,
     SEG_SOP_CLASS,
+    element_decode_errors,
     folder_entries,
-    has_dicom_preamble,
+    is_dicom_file,
     looks_like_dicom_folder,
     read_header,
     read_series,
 )
 
-DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -68,11 +69,12 @@ class DicomIO(miscore.ImageIO):
     # --- reading ------------------------------------------------------------------------
 
     def can_read(self, path: Path) -> bool:
-        """A folder whose first files include a DICOM file, or a single DICOM file."""
+        """A folder whose first files include a DICOM file, or a single DICOM file (the
+        preamble, a ``.dcm``/``.dicom`` suffix, or a data set written without the preamble)."""
         if path.is_dir():
             return looks_like_dicom_folder(path)
         if path.is_file():
-            return has_dicom_preamble(path) or path.name.lower().endswith(DICOM_SUFFIXES)
+            return is_dicom_file(path)
         return False
 
     def read(self, path: Path) -> miscore.Volume:
@@ -84,12 +86,8 @@ class DicomIO(miscore.ImageIO):
                 series_description=self.params.series_description,
                 tolerance=self.params.spacing_tolerance,
             )
-        except miscore.MiscoreError:
-            raise
-        except Exception as exc:  # pydicom parses elements lazily: damage shows up on access
-            raise miscore.InputError(
-                f"{path}: damaged DICOM data ({type(exc).__name__}: {exc}); check the files"
-            ) from exc
+        except element_decode_errors() as exc:  # pydicom decodes elements when first used
+            raise _damaged(path, exc) from exc
 
     def read_label(
         self,
@@ -111,16 +109,19 @@ class DicomIO(miscore.ImageIO):
         from miscore_dicom.series import read_dataset
 
         path = Path(path)
-        target = _label_object(path)
-        if target is not None:
-            ds = read_dataset(target)
-            if str(ds.get("SOPClassUID", "")) == RTSTRUCT_SOP_CLASS:
-                mapping = roi_classes if roi_classes is not None else self.params.roi_classes
-                return rasterise_rtstruct(target, ds, image, mapping)
-            mapping = (
-                segment_classes if segment_classes is not None else self.params.segment_classes
-            )
-            return read_seg(target, ds, image, mapping)
+        try:
+            target = _label_object(path)
+            if target is not None:
+                ds = read_dataset(target)
+                if str(ds.get("SOPClassUID", "")) == RTSTRUCT_SOP_CLASS:
+                    mapping = roi_classes if roi_classes is not None else self.params.roi_classes
+                    return rasterise_rtstruct(target, ds, image, mapping)
+                mapping = (
+                    segment_classes if segment_classes is not None else self.params.segment_classes
+                )
+                return read_seg(target, ds, image, mapping)
+        except element_decode_errors() as exc:  # pydicom decodes elements when first used
+            raise _damaged(path, exc) from exc
         label = miscore.as_label_volume(self.read(path), path)
         if not label.same_grid(image):
             raise miscore.InputError(
@@ -172,15 +173,17 @@ class DicomIO(miscore.ImageIO):
         return super().case_id(path)
 
 
+def _damaged(path: Path, exc: Exception) -> miscore.InputError:
+    return miscore.InputError(
+        f"{path}: damaged DICOM data ({type(exc).__name__}: {exc}); check the files"
+    )
+
+
 def _label_object(path: Path) -> Path | None:
     """The RTSTRUCT or SEG file at ``path`` (or alone in the folder ``path``), else None."""
     candidates = [path] if path.is_file() else []
     if path.is_dir():
-        candidates = [
-            p
-            for p in folder_entries(path)
-            if has_dicom_preamble(p) or p.name.lower().endswith(DICOM_SUFFIXES)
-        ]
+        candidates = [p for p in folder_entries(path) if is_dicom_file(p)]
     found = []
     for candidate in candidates:
         header = read_header(candidate)

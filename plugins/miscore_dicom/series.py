@@ -12,10 +12,13 @@ converted to RAS+ by negating the first two rows of the affine.
 
 from __future__ import annotations
 
+import functools
+import os
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -37,6 +40,46 @@ RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 PROBE_FILES = 16
 #: values larger than this are read only when used: headers are parsed once, pixels later
 DEFER_BYTES = 4096
+#: DICOM file suffixes: such a file is DICOM even without the preamble (an error if unreadable)
+DICOM_SUFFIXES = (".dcm", ".dicom")
+
+
+@functools.cache
+def unreadable_file_errors() -> tuple[type[Exception], ...]:
+    """What ``pydicom.dcmread`` raises for bytes that are not a well-formed DICOM file.
+
+    No preamble (InvalidDicomError); a garbled VR (NotImplementedError); a value whose length
+    does not fit its VR (BytesLengthException, struct.error); a file that ends early
+    (EOFError, OSError "No tag to read"); a value or tag that does not decode (ValueError,
+    OverflowError); a file that cannot be opened (OSError). Only pydicom's parsing of the
+    file runs inside ``dcmread``, so each of them is about the file.
+    """
+    from pydicom.errors import BytesLengthException, InvalidDicomError
+
+    return (
+        InvalidDicomError,
+        BytesLengthException,
+        NotImplementedError,
+        struct.error,
+        EOFError,
+        OSError,
+        ValueError,
+        OverflowError,
+    )
+
+
+@functools.cache
+def element_decode_errors() -> tuple[type[Exception], ...]:
+    """What pydicom raises when a damaged element is first used (values are decoded lazily).
+
+    A garbled VR (NotImplementedError "Unknown Value Representation"), a value whose length
+    does not fit its VR (BytesLengthException, struct.error), a value cut off by the end of
+    the file (EOFError). miscore's own code raises none of them, so the reader reports them
+    as damaged data; anything else it lets through as a bug.
+    """
+    from pydicom.errors import BytesLengthException
+
+    return (BytesLengthException, NotImplementedError, struct.error, EOFError)
 
 
 # --- finding files ----------------------------------------------------------------------
@@ -52,6 +95,42 @@ def has_dicom_preamble(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
+def starts_like_dataset(path: Path) -> bool:
+    """True when a file begins like a DICOM data set written without the preamble (cheap:
+    8 bytes): its first tag is in the file meta group (0002) or the identifying group (0008),
+    and the first value fits in the file (an explicit VR, or an implicit length)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+            size = os.fstat(handle.fileno()).st_size
+    except OSError:
+        return False
+    if len(head) < 8:
+        return False
+    order: Literal["little", "big"] = "little"
+    if int.from_bytes(head[:2], "little") not in (0x0002, 0x0008):
+        if int.from_bytes(head[:2], "big") != 0x0008:
+            return False
+        order = "big"
+    if head[4:6].isalpha() and head[4:6].isupper():  # explicit VR: its letters
+        return True
+    return int.from_bytes(head[4:8], order) <= size - 8
+
+
+def has_dicom_suffix(path: Path) -> bool:
+    return path.name.lower().endswith(DICOM_SUFFIXES)
+
+
+def is_headless_dicom(path: Path) -> bool:
+    """True for a file without the preamble that parses to a DICOM data set (a SOPClassUID)."""
+    return starts_like_dataset(path) and _read_without_preamble(path, True, None) is not None
+
+
+def is_dicom_file(path: Path) -> bool:
+    """The preamble, a ``.dcm``/``.dicom`` suffix, or a data set without the preamble."""
+    return has_dicom_preamble(path) or has_dicom_suffix(path) or is_headless_dicom(path)
+
+
 def folder_entries(folder: Path) -> list[Path]:
     """The visible files directly inside ``folder``, sorted by name (DICOMDIR excluded)."""
     return sorted(
@@ -62,12 +141,14 @@ def folder_entries(folder: Path) -> list[Path]:
 
 
 def looks_like_dicom_folder(folder: Path) -> bool:
-    """True when one of the first files of ``folder`` is a DICOM file (cheap: preambles only)."""
+    """True when one of the first files of ``folder`` is a DICOM file (cheap: the preamble,
+    or the first 8 bytes and then the header of a file without it)."""
     try:
         entries = folder_entries(folder)
     except OSError:
         return False
-    return any(has_dicom_preamble(p) for p in entries[:PROBE_FILES])
+    probed = entries[:PROBE_FILES]
+    return any(has_dicom_preamble(p) for p in probed) or any(is_headless_dicom(p) for p in probed)
 
 
 def _dcmread(path: Path, stop_before_pixels: bool, defer_size: int | None = None) -> Dataset:
@@ -81,16 +162,43 @@ def _dcmread(path: Path, stop_before_pixels: bool, defer_size: int | None = None
         return pydicom.dcmread(path, **options)
     except InvalidDicomError as exc:
         cause: Exception = exc
-    except Exception as exc:  # damaged files raise many kinds (NotImplementedError for a
-        # garbled VR, BytesLengthException, struct.error...), none of them the user's to read
+    except unreadable_file_errors() as exc:
         raise miscore.InputError(f"{path}: not a readable DICOM file ({exc})") from exc
+    ds = _read_without_preamble(path, stop_before_pixels, defer_size)
+    if ds is None:
+        raise miscore.InputError(f"{path}: not a readable DICOM file ({cause})") from cause
+    return ds
+
+
+def _read_without_preamble(
+    path: Path, stop_before_pixels: bool, defer_size: int | None
+) -> Dataset | None:
+    """A file without the preamble read as a data set, or None when it does not parse to one
+    with a SOPClassUID (a forced read accepts almost any bytes; every stored DICOM object has
+    one). Without file meta, the transfer syntax is the encoding pydicom read it in."""
+    import pydicom
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
     try:
-        ds = pydicom.dcmread(path, force=True, **options)
-        if "SOPClassUID" in ds:
-            return ds
-    except Exception as exc:  # pydicom raises many kinds on garbage read with force=True
-        cause = exc
-    raise miscore.InputError(f"{path}: not a readable DICOM file ({cause})") from cause
+        ds = pydicom.dcmread(
+            path, force=True, stop_before_pixels=stop_before_pixels, defer_size=defer_size
+        )
+        if "SOPClassUID" not in ds or not str(ds.SOPClassUID):
+            return None
+    except unreadable_file_errors():
+        return None
+    meta = ds.file_meta
+    if "TransferSyntaxUID" not in meta:
+        implicit, little = ds.original_encoding
+        if implicit is not None and little is not None:
+            meta.TransferSyntaxUID = (
+                ImplicitVRLittleEndian
+                if implicit
+                else ExplicitVRLittleEndian
+                if little
+                else ExplicitVRBigEndian
+            )
+    return ds
 
 
 def read_header(path: Path) -> Dataset:
@@ -158,9 +266,15 @@ def scan_folder(folder: Path) -> list[SeriesGroup]:
     groups: dict[str, SeriesGroup] = {}
     found_dicom = False
     for path in folder_entries(folder):
-        if not (has_dicom_preamble(path) or path.suffix.lower() in (".dcm", ".dicom")):
+        if has_dicom_preamble(path) or has_dicom_suffix(path):
+            ds = read_deferred(path)  # meant to be DICOM: unreadable is an error
+        elif starts_like_dataset(path):
+            headless = _read_without_preamble(path, False, DEFER_BYTES)
+            if headless is None:  # not DICOM after all: skipped like a README
+                continue
+            ds = headless
+        else:
             continue
-        ds = read_deferred(path)
         found_dicom = True
         if not _is_image(ds):
             continue
@@ -240,13 +354,27 @@ def _floats(value: Any, n: int, what: str, source: Path) -> npt.NDArray[np.float
     return out
 
 
-def _rescale(item: Any) -> tuple[float, float]:
-    slope = item.get("RescaleSlope", None) if item is not None else None
-    intercept = item.get("RescaleIntercept", None) if item is not None else None
+def _rescale(item: Any, source: Path) -> tuple[float, float]:
+    """RescaleSlope and RescaleIntercept of a dataset or functional group item (1 and 0 when
+    absent)."""
+    if item is None:
+        return 1.0, 0.0
     return (
-        float(slope) if slope not in (None, "") else 1.0,
-        float(intercept) if intercept not in (None, "") else 0.0,
+        _one_number(item.get("RescaleSlope", None), 1.0, "RescaleSlope", source),
+        _one_number(item.get("RescaleIntercept", None), 0.0, "RescaleIntercept", source),
     )
+
+
+def _one_number(value: Any, default: float, what: str, source: Path) -> float:
+    if value is None or value == "":
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):  # a multi-valued or non-numeric string
+        number = float("nan")
+    if not np.isfinite(number):
+        raise miscore.InputError(f"{source}: {what} {value!r} is not one number")
+    return number
 
 
 def _pixel_spacing(ds: Any, source: Path) -> tuple[float, float]:
@@ -266,7 +394,7 @@ def frames_of_single(path: Path, ds: Dataset) -> Frame:
             f"{path}: no ImagePositionPatient/ImageOrientationPatient: the slice cannot be placed "
             f"in a volume"
         )
-    slope, intercept = _rescale(ds)
+    slope, intercept = _rescale(ds, path)
     return Frame(
         path=path,
         index=None,
@@ -316,7 +444,7 @@ def frames_of_multiframe(path: Path, ds: Dataset) -> list[Frame]:
                     f"group: the frame cannot be placed in a volume"
                 )
             transform = _functional_item(ds, index, "PixelValueTransformationSequence")
-            slope, intercept = _rescale(transform if transform is not None else ds)
+            slope, intercept = _rescale(transform if transform is not None else ds, path)
             frames.append(
                 Frame(
                     path=path,
@@ -346,8 +474,8 @@ def frames_of_multiframe(path: Path, ds: Dataset) -> list[Frame]:
         normal = np.cross(orientation_v[:3], orientation_v[3:])
         # offsets are relative to the first frame when the first is 0 (PS3.3 C.8.8.3.2)
         base = origin if offsets[0] == 0 else origin - offsets[0] * normal
-        slope = float(ds.get("DoseGridScaling", 1.0) or 1.0)
-        _, intercept = _rescale(ds)
+        slope = _one_number(ds.get("DoseGridScaling", None), 1.0, "DoseGridScaling", path) or 1.0
+        _, intercept = _rescale(ds, path)
         for index in range(count):
             frames.append(
                 Frame(
@@ -513,15 +641,39 @@ def _step_vector(
 
 def _raw_pixels(ds: Dataset, path: Path) -> npt.NDArray[Any]:
     """The stored values (no rescale) of a dataset: (frames, rows, cols[, samples])."""
-    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+    present = [k for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData") if k in ds]
+    if not present:
         raise miscore.InputError(f"{path}: no pixel data in this DICOM file")
+    _load_deferred(ds, present, path)
     array = _uncompressed_pixels(ds)
     if array is None:
-        try:
-            array = np.asarray(ds.pixel_array)
-        except Exception as exc:  # a missing decoder for a compressed transfer syntax
-            array = _raw_pixels_gdcm(ds, path, exc)
+        array = _decoded_pixels(ds, path)
     return _with_frame_axis(array, ds)
+
+
+def _load_deferred(ds: Dataset, keywords: Sequence[str], path: Path) -> None:
+    """Read the pixel data whose reading was deferred when the header was parsed."""
+    try:
+        for keyword in keywords:
+            ds[keyword]  # item access reads a deferred value from the file
+    except (OSError, EOFError, ValueError, struct.error) as exc:
+        # pydicom re-opens the file: it is gone (OSError), changed since the header was read
+        # (ValueError "Deferred read -- original file has been modified") or cut short
+        raise miscore.InputError(f"{path}: cannot read its pixel data ({exc})") from exc
+
+
+def _decoded_pixels(ds: Dataset, path: Path) -> npt.NDArray[Any]:
+    """pydicom's ``pixel_array``; SimpleITK (GDCM) when pydicom cannot decode the syntax."""
+    try:
+        return np.asarray(ds.pixel_array)
+    except (NotImplementedError, RuntimeError) as exc:
+        # NotImplementedError: pydicom has no decoder for this transfer syntax; RuntimeError:
+        # its decoders for it are not installed, or all of them failed (12-bit JPEG in Pillow)
+        return _raw_pixels_gdcm(ds, path, exc)
+    except (AttributeError, ValueError) as exc:
+        # pydicom's checks of the pixel module: a required element missing (AttributeError
+        # "Missing required element") or invalid, or fewer bytes than Rows x Columns need
+        raise miscore.InputError(f"{path}: damaged pixel data ({exc})") from exc
 
 
 def _uncompressed_pixels(ds: Dataset) -> npt.NDArray[Any] | None:
@@ -578,7 +730,7 @@ def _raw_pixels_gdcm(ds: Dataset, path: Path, cause: Exception) -> npt.NDArray[A
             f"{path}: cannot decode its pixel data (transfer syntax {syntax}): {cause}"
         ) from exc
     values = sitk.GetArrayFromImage(image)
-    slope, intercept = _rescale(ds)
+    slope, intercept = _rescale(ds, path)
     if (slope, intercept) != (1.0, 0.0):
         values = np.round((values.astype(np.float64) - intercept) / slope)
         signed = int(ds.get("PixelRepresentation", 0)) == 1
@@ -759,7 +911,7 @@ def _read_flat_image(path: Path, ds: Dataset) -> miscore.Volume:
         raise miscore.InputError(f"{path}: a multi-frame file without geometry is not a volume")
     ds = read_dataset(path)
     raw = _raw_pixels(ds, path)[0]
-    slope, intercept = _rescale(ds)
+    slope, intercept = _rescale(ds, path)
     frame = Frame(
         path,
         None,
