@@ -45,7 +45,22 @@ def _no_dicom(folder: Path) -> None:
         (folder / f"IM{i:04d}").write_bytes(b"\0" * 200)
 
 
+def _truncated_pixel_data(folder: Path) -> None:
+    path = _series(folder)[3]
+    path.write_bytes(path.read_bytes()[:-50])
+
+
+def _garbled_vr(folder: Path) -> None:
+    path = _series(folder)[1]
+    data = path.read_bytes()
+    modality = b"\x08\x00\x60\x00CS"  # (0008,0060) Modality, explicit VR
+    assert data.count(modality) == 1
+    path.write_bytes(data.replace(modality, b"\x08\x00\x60\x00C\xd7"))
+
+
 DICOM_FAULTS: dict[str, tuple[Callable[[Path], None], str]] = {
+    "pixel data cut short": (_truncated_pixel_data, "damaged pixel data"),
+    "a garbled VR": (_garbled_vr, "damaged DICOM data (NotImplementedError"),
     "missing slice": (_missing_slice, "missing slices"),
     "two slices at one position": (_duplicate_position, "same position"),
     "no pixel data": (_no_pixel_data, "pixel data"),
