@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,12 +71,20 @@ def find_pairs(
     return truths, pairs, sorted(c for c in labels if c not in predicted)
 
 
-def read_pair(pair: CasePair, truths: Dataset) -> tuple[Volume, Volume]:
+def read_pair(
+    pair: CasePair, truths: Dataset, squeezed: list[str] | None = None
+) -> tuple[Volume, Volume]:
     """The prediction and ground-truth label maps of one case.
 
     A label format that needs its image to be read (DICOM SEG, RTSTRUCT: their IO overrides
     ``read_label``) is loaded with its case through the dataset; other label files are read
     alone, without the image.
+
+    The prediction must have the truth's spatial shape and one channel. A file with trailing
+    singleton axes beyond the truth's (a ``(X, Y, Z, 1)`` NIfTI against ``(X, Y, Z)``, as
+    other tools write label maps) is that one channel: a line on it is appended to
+    ``squeezed`` for the caller to mention. Any other shape raises ``InputError`` naming both
+    files and both shapes.
     """
     from miscore.core.components import ImageIO
     from miscore.core.labels import as_label_volume
@@ -89,8 +98,51 @@ def read_pair(pair: CasePair, truths: Dataset) -> tuple[Volume, Volume]:
             raise InputError(f"GT {pair.truth}: case {pair.case_id} has no label")
         truth = case.label
     pred_io = truths.registry.io_for(pair.prediction)
+    if type(pred_io).read_label is ImageIO.read_label:
+        # read first and check the shape, so that a wrong one is not reported as a channel
+        # count; then the label checks (integers, >= 0) of read_label
+        raw = pred_io.read(pair.prediction)
+        detail = _check_shapes(pair, raw, truth)
+        if detail and squeezed is not None:
+            squeezed.append(detail)
+        return as_label_volume(raw, pair.prediction), truth
     # the truth lies on the image's grid, which is all read_label needs of the image
-    return pred_io.read_label(pair.prediction, truth), truth
+    prediction = pred_io.read_label(pair.prediction, truth)
+    _check_shapes(pair, prediction, truth)
+    return prediction, truth
+
+
+def file_shape(volume: Volume) -> tuple[int, ...]:
+    """The array shape of the file a volume was read from (readers that record it: NIfTI's
+    ``meta["file_shape"]``), else the spatial shape plus channels beyond one."""
+    recorded = volume.meta.get("file_shape")
+    if isinstance(recorded, list | tuple) and all(isinstance(n, int) for n in recorded):
+        return tuple(recorded)
+    return volume.spatial_shape + ((volume.channels,) if volume.channels != 1 else ())
+
+
+def _check_shapes(pair: CasePair, prediction: Volume, truth: Volume) -> str | None:
+    """Refuse a prediction that is not one channel on the truth's spatial shape; when its
+    file has trailing singleton axes beyond the truth's (read as the one channel), say so."""
+    pred_shape, truth_shape = file_shape(prediction), file_shape(truth)
+    if prediction.spatial_shape != truth.spatial_shape or prediction.channels != 1:
+        raise InputError(
+            f"case {pair.case_id}: prediction {pair.prediction} has shape {pred_shape}, ground "
+            f"truth {pair.truth} has shape {truth_shape}; a prediction is a label map of the "
+            f"ground truth's shape (a trailing axis of size 1 is allowed)"
+        )
+    extra = pred_shape[len(truth_shape) :]
+    if pred_shape[: len(truth_shape)] != truth_shape or set(extra) != {1}:
+        return None
+    return f"{pair.prediction}: {pred_shape} against {truth_shape}"
+
+
+def squeezed_note(squeezed: list[str]) -> str:
+    """One line for every prediction whose trailing singleton axes were read as its channel."""
+    return (
+        f"miscore: note: {len(squeezed)} prediction(s) have a trailing axis of size 1 that "
+        f"the ground truth lacks, read as the label map's one channel (e.g. {squeezed[0]})"
+    )
 
 
 def _parse_classes(values: list[str] | None) -> list[int] | None:
@@ -211,14 +263,18 @@ def evaluate(
     if unpredicted:
         cli.log(f"{len(unpredicted)} ground-truth case(s) have no prediction and are skipped")
 
+    squeezed: list[str] = []
+
     def volumes(advance: Callable[[], None]) -> Iterator[tuple[str, Volume, Volume]]:
         for i, pair in enumerate(pairs, start=1):
             cli.log(f"[{i}/{len(pairs)}] {pair.case_id}")
-            yield (pair.case_id, *read_pair(pair, truths))
+            yield (pair.case_id, *read_pair(pair, truths, squeezed))
             advance()
 
     with progress_bar(len(pairs), "evaluating", cli.interactive) as advance:
         report = run_evaluation(volumes(advance), registry, metrics=specs, classes=class_ids)
+    if squeezed:  # not progress: shown with --quiet too
+        print(squeezed_note(squeezed), file=sys.stderr)
     for path, write in (
         (out, report.write_tsv),
         (summary_out, report.write_summary_tsv),
