@@ -41,6 +41,7 @@ from miscore.core.config import (
     parse_config,
 )
 from miscore.core.errors import (
+    CacheError,
     ComponentNotFoundError,
     ConfigError,
     InputError,
@@ -66,6 +67,7 @@ __all__ = [
     "Architecture",
     "Augmentation",
     "AugmentationParams",
+    "CacheError",
     "Callback",
     "Case",
     "CaseSource",

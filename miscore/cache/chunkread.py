@@ -12,6 +12,11 @@ Anything else (an object-store location, another codec, a sharded or differently
 array) is read through zarr itself: ``window_reader`` only takes the fast path for arrays whose
 metadata it fully understands, so the two paths always return the same values (the tests
 compare them on every supported form).
+
+A chunk file that is missing reads as the fill value, as zarr reads it, except for arrays of
+a cache entry (opened through ``miscore.cache.zarrstores``): the cache writes every chunk, so
+there a missing file means the entry was removed while the run read it, and reading it raises
+``CacheError`` naming the entry instead of returning zeros.
 """
 
 from __future__ import annotations
@@ -26,7 +31,13 @@ import numpy.typing as npt
 
 from miscore.core.errors import PipelineError
 
-__all__ = ["ChunkFileReader", "ChunkedArray", "CompressedArray", "blosc_settings", "window_reader"]
+__all__ = [
+    "ChunkFileReader",
+    "ChunkedArray",
+    "CompressedArray",
+    "blosc_settings",
+    "window_reader",
+]
 
 _REMEDY = "remove the cache entry (`miscore cache clear`) and run again"
 
@@ -139,6 +150,8 @@ class ChunkFileReader(ChunkedArray):
 
     Only made by ``window_reader``, which checks that the array's form is one this reads
     exactly (edge chunks are stored full size). Keys other than slices go to zarr.
+    ``entry`` (a cache entry's name) makes a missing chunk file a ``CacheError``; without it
+    a missing chunk reads as the fill value, as zarr reads it.
     """
 
     def __init__(
@@ -149,16 +162,24 @@ class ChunkFileReader(ChunkedArray):
         dtype: np.dtype[Any],
         fill_value: Any,
         codec: str | None,
+        entry: str | None = None,
     ) -> None:
         super().__init__(tuple(array.shape), chunk_shape, dtype, fill_value, codec)
         self.array = array
         self.folder = folder
+        self.entry = entry
 
     def _raw(self, index: tuple[int, ...]) -> tuple[bytes | None, tuple[int, ...], str]:
         path = self.folder.joinpath("c", *(str(i) for i in index))
         try:
             return path.read_bytes(), self.chunk_shape, str(path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            # No extra stat on the hot path: only a chunk that is not there costs anything.
+            if self.entry is not None:
+                from miscore.cache.zarrstores import missing_chunk_error
+
+                chunk = "/".join(["c", *(str(i) for i in index)])
+                raise missing_chunk_error(self.entry, f"{self.array.path}/{chunk}") from None
             return None, self.chunk_shape, str(path)
 
     def _other(self, key: Any) -> Any:
@@ -270,7 +291,8 @@ def _fast_form(metadata: dict[str, Any]) -> _Form | None:
 
 def window_reader(array: Any) -> Any:
     """A ``ChunkFileReader`` for a zarr array in a local folder whose form it knows, else
-    ``array`` itself. Anything that is not a zarr array is returned unchanged."""
+    ``array`` itself. Anything that is not a zarr array is returned unchanged. An array of a
+    cache entry (an ``EntryLocalStore``) gets a reader for which a missing chunk is an error."""
     try:
         from zarr.storage import LocalStore
     except ImportError:  # pragma: no cover - zarr is a dependency
@@ -284,4 +306,7 @@ def window_reader(array: Any) -> Any:
         return array
     chunk_shape, dtype, codec = form
     folder = Path(store.root).joinpath(*str(array.path).split("/"))
-    return ChunkFileReader(array, folder, chunk_shape, dtype, metadata.fill_value, codec)
+    from miscore.cache.zarrstores import EntryLocalStore
+
+    entry = store.entry if isinstance(store, EntryLocalStore) else None
+    return ChunkFileReader(array, folder, chunk_shape, dtype, metadata.fill_value, codec, entry)

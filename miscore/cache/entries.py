@@ -33,6 +33,14 @@ ENTRIES = "entries"
 STATS = "stats"
 #: Spatial chunk length per axis when none is given: 64^3 for 3D, 256^2 for 2D.
 DEFAULT_CHUNK = {3: 64, 2: 256}
+#: How an entry's arrays are written, in its completion marker: every chunk is stored, those
+#: holding only the fill value too (zarr omits them by default). A chunk missing from a
+#: published entry then always means the entry was removed or damaged, and reading it is an
+#: error (``miscore.cache.zarrstores``), never zeros. Entries without it (written before)
+#: are not trusted: they are built again.
+LAYOUT = "every-chunk"
+#: zarr's array config for the cache's arrays (see ``LAYOUT``).
+ARRAY_CONFIG = {"write_empty_chunks": True}
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -116,7 +124,8 @@ def cached_case(
 
 
 def read_entry(group: Any) -> CachedCase:
-    """A ``CachedCase`` from an entry's zarr group (local folder or object store)."""
+    """A ``CachedCase`` from an entry's zarr group (local folder or object store), opened
+    through a ``miscore.cache.zarrstores`` store so that a missing chunk is an error."""
     import zarr
 
     attributes = dict(group.attrs)
@@ -263,6 +272,7 @@ def completion_marker(key: CacheKey, prepared: PreparedEntry) -> dict[str, Any]:
     raw = prepared.image.size * 4 + (0 if prepared.label is None else prepared.label.size * 4)
     return {
         "format": FORMAT_VERSION,
+        "layout": LAYOUT,
         "key": key.digest,
         "case_id": key.case_id,
         "created": time.time(),
@@ -276,11 +286,13 @@ def completion_marker(key: CacheKey, prepared: PreparedEntry) -> dict[str, Any]:
 
 
 def trusted_marker(marker: Any, digest: str) -> dict[str, Any] | None:
-    """``marker`` if it is a complete entry's marker for ``digest`` (key, format), else None."""
+    """``marker`` if it is a complete entry's marker for ``digest`` (key, format, layout),
+    else None."""
     if (
         not isinstance(marker, dict)
         or marker.get("key") != digest
         or marker.get("format") != FORMAT_VERSION
+        or marker.get("layout") != LAYOUT
     ):
         return None
     return marker

@@ -10,7 +10,9 @@ Layout under the cache folder::
 
 An entry is trusted only when its ``complete.json`` (written last) names its key. Builds are
 written under ``tmp/`` and renamed into place, so a killed build leaves only a temporary folder
-that no reader looks at; ``clean_temp`` removes those when they are old. Two processes building
+that no reader looks at; ``clean_temp`` removes those when they are old. Before the marker is
+written the entry's files are fsync'ed, and the ``entries/`` folder after the rename, so a
+power cut cannot publish a marker that vouches for chunks not on disk. Two processes building
 the same entry both write; the first rename wins and the other discards its copy. Old entries
 stay until ``clear``.
 
@@ -35,6 +37,7 @@ from pydantic import BaseModel, Field
 
 from miscore.cache.chunkread import blosc_settings
 from miscore.cache.entries import (
+    ARRAY_CONFIG,
     ENTRIES,
     STATS,
     STORE,
@@ -48,7 +51,8 @@ from miscore.cache.entries import (
 from miscore.cache.keys import CacheKey, CacheSettings
 from miscore.cache.location import CACHE_ENV, is_url
 from miscore.cache.store import CaseStore
-from miscore.core.errors import InputError, PipelineError
+from miscore.core.atomic import fsync_directory, fsync_file, fsync_tree
+from miscore.core.errors import CacheError, InputError, PipelineError
 from miscore.core.volume import Case
 
 #: The completion marker of an entry folder.
@@ -98,8 +102,12 @@ def _folder_bytes(path: Path) -> int:
 
 
 def _write_marker(folder: Path, marker: Mapping[str, Any]) -> None:
-    """Write the completion marker; it is written last, after every array."""
+    """Write the completion marker; it is written last, after every array is on disk (so a
+    power cut never leaves a marker vouching for chunks that were not written)."""
+    fsync_tree(folder / STORE)
     (folder / MARKER).write_text(json.dumps(marker, sort_keys=True), encoding="utf-8")
+    fsync_file(folder / MARKER)
+    fsync_directory(folder)
 
 
 class CaseCache(CaseStore):
@@ -178,23 +186,30 @@ class CaseCache(CaseStore):
         return trusted_marker(marker, digest)
 
     def get(self, key: CacheKey) -> CachedCase | None:
-        """The complete entry of ``key``, or None (a missing or incomplete entry)."""
+        """The complete entry of ``key``, or None (a missing, incomplete or damaged entry)."""
         folder = self.entry_path(key)
         if self._marker(folder, key.digest) is None:
             return None
         try:
-            cached = self._open(folder)
+            cached = self._open(folder, key.case_id)
         except FileNotFoundError:  # removed by `cache clear` meanwhile
+            return None
+        except CacheError:  # a chunk read on opening is gone: removed meanwhile, or damaged
+            self._discard(folder)  # moved aside (if still there), so it is built again
             return None
         # The marker's mtime is the last use, for `cache clear --older-than`.
         with contextlib.suppress(OSError):
             os.utime(folder / MARKER)
         return cached
 
-    def _open(self, folder: Path) -> CachedCase:
+    def _open(self, folder: Path, case_id: str) -> CachedCase:
         import zarr
 
-        return read_entry(zarr.open_group(str(folder / STORE), mode="r"))
+        from miscore.cache.zarrstores import EntryLocalStore, entry_name
+
+        store = EntryLocalStore(folder / STORE, read_only=True)
+        store.entry = entry_name(case_id, str(folder))
+        return read_entry(zarr.open_group(store, mode="r", zarr_format=3))
 
     def _record(self, hit: bool, key: CacheKey | None = None) -> None:
         # One byte per lookup, appended: concurrent processes never lose a count.
@@ -240,13 +255,17 @@ class CaseCache(CaseStore):
                 chunks=(*chunks, int(array.shape[-1])),
                 compressors=self._compressors(array.dtype.itemsize),
                 fill_value=0,
+                config=ARRAY_CONFIG,
             )
             target[...] = array
         if prepared.foreground:
             fg_group = group.create_group("foreground")
             for k, coords in sorted(prepared.foreground.items()):
                 fg_group.create_array(
-                    str(k), data=coords, chunks=(max(1, len(coords)), coords.shape[1])
+                    str(k),
+                    data=coords,
+                    chunks=(max(1, len(coords)), coords.shape[1]),
+                    config=ARRAY_CONFIG,
                 )
 
     def put(
@@ -273,13 +292,14 @@ class CaseCache(CaseStore):
         finally:
             if temp.exists():
                 shutil.rmtree(temp, ignore_errors=True)
-        return self._open(final)
+        return self._open(final, key.case_id)
 
     def _publish(self, temp: Path, final: Path, digest: str) -> None:
         """Rename ``temp`` to ``final``; when another writer won, keep its entry."""
         for _attempt in range(3):
             try:
                 os.rename(temp, final)
+                fsync_directory(final.parent)  # the rename itself is on disk
                 return
             except OSError:
                 if not final.exists():

@@ -45,7 +45,7 @@ from miscore.cache.entries import (
 from miscore.cache.keys import CacheKey, CacheSettings
 from miscore.cache.local import CacheEntry, CaseCache
 from miscore.cache.store import CaseStore
-from miscore.core.errors import InputError, PipelineError
+from miscore.core.errors import CacheError, InputError, PipelineError
 from miscore.core.volume import Case
 
 #: The folder of per-writer data prefixes.
@@ -180,19 +180,26 @@ class ObjectStoreCache(CaseCache, opens_urls=True):
         return found
 
     def _store(self, prefix: str, read_only: bool) -> Any:
-        """The zarr store of the entry under the data ``prefix``."""
+        """The zarr store of the entry under the data ``prefix`` (read only: one for which a
+        missing chunk is an error, ``miscore.cache.zarrstores``)."""
         from zarr.storage import FsspecStore
+
+        from miscore.cache.zarrstores import EntryFsspecStore
 
         if self._zarr_fs is None:
             # zarr needs an async filesystem; it makes one (or wraps a sync one) from the URL.
             self._zarr_fs = FsspecStore.from_url(self.url, storage_options=self._options).fs
-        return FsspecStore(self._zarr_fs, path=self._abs(prefix, STORE), read_only=read_only)
+        kind = EntryFsspecStore if read_only else FsspecStore
+        return kind(self._zarr_fs, path=self._abs(prefix, STORE), read_only=read_only)
 
-    def _open_prefix(self, prefix: str) -> CachedCase:
+    def _open_prefix(self, prefix: str, case_id: str) -> CachedCase:
         import zarr
+
+        from miscore.cache.zarrstores import entry_name
 
         # zarr_format=3: no probing for zarr v2 metadata (three requests more).
         store = self._store(prefix, True)
+        store.entry = entry_name(case_id, f"{self.url}/{prefix}")
         return read_entry(zarr.open_group(store, mode="r", zarr_format=3))
 
     def _remove(self, *parts: str) -> None:
@@ -207,8 +214,8 @@ class ObjectStoreCache(CaseCache, opens_urls=True):
         if marker is None:
             return None
         try:
-            return self._open_prefix(marker["data"])
-        except (FileNotFoundError, KeyError):  # removed (or being removed) by `cache clear`
+            return self._open_prefix(marker["data"], key.case_id)
+        except (FileNotFoundError, KeyError, CacheError):  # removed (or being removed)
             return None
         except Exception as exc:  # botocore and aiohttp errors are not all OSErrors
             raise PipelineError(
@@ -314,8 +321,8 @@ class ObjectStoreCache(CaseCache, opens_urls=True):
             winner = self._read_marker(digest)
             if winner is not None and winner["data"] != marker["data"]:
                 try:
-                    cached = self._open_prefix(winner["data"])
-                except (FileNotFoundError, KeyError):
+                    cached = self._open_prefix(winner["data"], str(marker["case_id"]))
+                except (FileNotFoundError, KeyError, CacheError):
                     pass  # a marker whose data is gone (or going): ours replaces it
                 else:
                     self._remove(marker["data"])  # never referenced, so nobody reads it
@@ -323,7 +330,7 @@ class ObjectStoreCache(CaseCache, opens_urls=True):
             # an untrusted marker, or one whose data is gone: ours replaces it
             self.fs.pipe_file(path, body)
             return self._adopt_published(digest, marker)
-        return self._open_prefix(marker["data"])
+        return self._open_prefix(marker["data"], str(marker["case_id"]))
 
     def _adopt_published(self, digest: str, marker: dict[str, Any]) -> CachedCase:
         """After replacing a marker without create-only semantics: open what the marker
@@ -332,10 +339,11 @@ class ObjectStoreCache(CaseCache, opens_urls=True):
         marker names (``clean_temp`` removes those once stale). Ours is left to
         ``clean_temp``: a reader may have opened it in between."""
         final = self._read_marker(digest)
+        case_id = str(marker["case_id"])
         if final is not None and final["data"] != marker["data"]:
-            with contextlib.suppress(FileNotFoundError, KeyError):
-                return self._open_prefix(final["data"])
-        return self._open_prefix(marker["data"])
+            with contextlib.suppress(FileNotFoundError, KeyError, CacheError):
+                return self._open_prefix(final["data"], case_id)
+        return self._open_prefix(marker["data"], case_id)
 
     # --- housekeeping -------------------------------------------------------------------
 

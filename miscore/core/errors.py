@@ -33,3 +33,8 @@ class PluginError(MiscoreError):
 
 class PipelineError(MiscoreError):
     """A step of the pipeline failed at run time for a reason other than the input."""
+
+
+class CacheError(PipelineError):
+    """A cache entry is missing or damaged while a run reads it; the message names the entry
+    (case id and location) and what to do."""
