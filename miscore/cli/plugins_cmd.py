@@ -39,7 +39,7 @@ def plugins(
 
     table = Table(title="miscore plugins")
     for column in ("plugin", "version", "module", "registers"):
-        table.add_column(column, overflow="fold")  # a long version is folded, never cut
+        table.add_column(column)
     for info in infos:
         lines = [
             f"{kind}: {', '.join(sorted(info.components[kind]))}"
@@ -53,8 +53,9 @@ def plugins(
         ]
         if info.commands:
             lines.append(f"commands: {', '.join(info.commands)}")
-        # the version cache keys use: "+src.<hash>" for local plugins and editable installs
-        table.add_row(info.name, info.key_version, info.module, escape("\n".join(lines)) or "-")
+        # cache keys use the source hash of local plugins and editable installs
+        module = info.module + (f"\nsource {info.source_hash}" if info.source_hash else "")
+        table.add_row(info.name, info.version, module, escape("\n".join(lines)) or "-")
     console = Console()
     console.print(table)
     for shadow in [*registry.shadowed, *registry.reader_ties()]:
