@@ -7,6 +7,7 @@ The commands are read from the app itself, so a new command (or a typer upgrade)
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -86,17 +87,17 @@ def _usage(path: tuple[str, ...], ctx: Any) -> str:
 
 
 def _option_row(text: str, opts: list[str]) -> list[str]:
-    """The cells of the help row of an option, less its names."""
-    first = opts[0]
-    rows = [
-        line
-        for line in text.splitlines()
-        if re.search(rf"(^|[\s│,]){re.escape(first)}($|[\s│,/])", line)
-    ]
-    assert rows, f"{first} not in the help:\n{text}"
-    cells = [c for c in re.split(r"\s{2,}|│", rows[0]) if c.strip()]
-    names = {piece for opt in opts for piece in (opt, f"{opt},")}
-    return [c.strip() for c in cells if c.strip() not in names and c.strip() != "/"]
+    """The cells of the help row of an option (in a panel, not the description), after the
+    leading cells that hold its names."""
+    names = {piece for opt in opts for piece in (opt, f"{opt},", "/", "*")}  # * required
+    for line in text.splitlines():
+        if not line.lstrip().startswith("│"):
+            continue
+        cells = [c.strip() for c in re.split(r"\s{2,}|│", line) if c.strip()]
+        leading = list(itertools.takewhile(lambda cell: cell in names, cells))
+        if opts[0] in leading or f"{opts[0]}," in leading:
+            return cells[len(leading) :]
+    raise AssertionError(f"no help row for {opts[0]}:\n{text}")
 
 
 def _options(ctx: Any) -> list[tuple[list[str], bool, str]]:
