@@ -18,8 +18,12 @@ process; to reload it elsewhere, package the objects as a plugin.
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import itertools
+import os
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,10 +105,35 @@ class _SessionComponents:
 
     def __init__(self) -> None:
         self.classes: dict[str, list[type[Component]]] = {kind: [] for kind in BASES}
+        self._code = hashlib.sha256()
+
+    def version(self) -> str:
+        """``0+session.<hash>``: the hash of the code behind the objects given, so that a
+        cache entry made with one session step is not served to an edited or another one
+        (their names, ``python_<kind>_<n>``, repeat from run to run)."""
+        return f"0+session.{self._code.hexdigest()[:12]}"
+
+    def _note_code(self, name: str, code: object) -> None:
+        """Hash ``code``'s identity and source: its module's file (helpers next to it
+        count), else its own source; code without either (typed at a plain Python prompt)
+        gets a token of this run, so nothing cached with it is reused by another run."""
+        target = code if inspect.isclass(code) or inspect.isfunction(code) else type(code)
+        module = getattr(target, "__module__", "?")
+        qualname = getattr(target, "__qualname__", type(target).__qualname__)
+        self._code.update(f"{name}\0{module}\0{qualname}\0".encode())
+        try:
+            file = inspect.getsourcefile(target)
+            if file is not None and os.path.isfile(file):
+                self._code.update(Path(file).read_bytes())
+                return
+            self._code.update(inspect.getsource(target).encode())
+        except (OSError, TypeError):
+            self._code.update(f"run {os.getpid()} {time.time_ns()}".encode())
 
     def add(self, kind: str, obj: Any) -> str:
         name = f"python_{kind}_{next(_counter)}"
         base = BASES[kind]
+        self._note_code(name, obj)
         if isinstance(obj, base):
             bound_params = obj.params
             parent: type[Component] = type(obj)
@@ -178,7 +207,9 @@ class Pipeline:
                 known = sorted([*SHORTCUTS, *COMPONENT_FIELDS])
                 raise ConfigError(f"Pipeline: unknown option {key!r}; options: {', '.join(known)}")
         if any(self._session.classes.values()):
-            self.plugins.register(self._session, f"session_{id(self):x}", version="0")
+            self.plugins.register(
+                self._session, f"session_{id(self):x}", version=self._session.version()
+            )
         patching = data.get("patching", {})
         if patching.get("patch_shape") is not None and "mode" not in patching:
             patching["mode"] = "random"
