@@ -174,21 +174,37 @@ class _BuildJob:
 
 
 _WORKER: dict[str, _BuildJob] = {}
+#: why this worker process could not start: raised by every case asked of it
+_START_FAILURE: list[str] = []
 
 
 def _worker_init(
     config_path: str, data: str | None, cache: str | None, local_plugins: Sequence[str]
 ) -> None:
-    """Each worker process builds its own plugin manager and opens the job once."""
+    """Each worker process builds its own plugin manager and opens the job once. A failure
+    is kept and raised by the cases asked of this worker, naming it: an initializer that
+    raises would break the pool with ``BrokenProcessPool`` and no reason."""
+    import multiprocessing
+
     from miscore.core.plugins import PluginManager
 
-    manager = PluginManager(local_plugins=local_plugins)
-    _WORKER["job"] = _BuildJob.open(
-        Path(config_path), None if data is None else Path(data), cache, manager
-    )
+    try:
+        manager = PluginManager(local_plugins=local_plugins)
+        _WORKER["job"] = _BuildJob.open(
+            Path(config_path), None if data is None else Path(data), cache, manager
+        )
+    except Exception as exc:
+        process = multiprocessing.current_process()
+        reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        _START_FAILURE.append(
+            f"cache build worker {process.name} (pid {process.pid}) failed to start: "
+            f"{type(exc).__name__}: {reason} (--workers 1 builds in this process)"
+        )
 
 
 def _worker_build(case_id: str) -> BuildResult:
+    if "job" not in _WORKER:
+        raise PipelineError(_START_FAILURE[0] if _START_FAILURE else "worker not started")
     return _WORKER["job"].build(case_id)
 
 
@@ -254,6 +270,7 @@ def _build_parallel(
 ) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     # "spawn": a fresh interpreter per worker (no forked zarr/TensorFlow threads); each
     # worker loads the plugins and opens the dataset and cache itself.
@@ -269,5 +286,11 @@ def _build_parallel(
         ),
     ) as pool:
         futures = [pool.submit(_worker_build, case_id) for case_id in ids]
-        for future in as_completed(futures):
-            report(future.result())
+        try:
+            for future in as_completed(futures):
+                report(future.result())
+        except BrokenProcessPool:
+            raise PipelineError(
+                "a cache build worker process ended abruptly (killed, or out of memory?); "
+                "--workers 1 builds in this process"
+            ) from None

@@ -40,7 +40,7 @@ import numpy.typing as npt
 from miscore.cache.chunkread import window_reader
 from miscore.core.components import Augmentation, Sampler
 from miscore.core.config import Config, PatchingConfig
-from miscore.core.errors import ConfigError, InputError, PipelineError, PluginError
+from miscore.core.errors import CacheError, ConfigError, InputError, PipelineError, PluginError
 from miscore.data.preprocess import one_hot
 from miscore.pipeline.augmenting import augment_sample
 from miscore.pipeline.patching import (
@@ -303,9 +303,9 @@ class WorkerSetup:
         for digest, case_id in self.entries:
             found = cache.get(CacheKey(digest, case_id, {}))
             if found is None:
-                raise PipelineError(
-                    f"the cache entry of case {case_id} ({digest}) in {self.cache_root} was "
-                    "removed while training; run the command again to rebuild it"
+                raise CacheError(
+                    f"cache entry of case {case_id} ({self.cache_root / 'entries' / digest}): "
+                    "it was removed while this run read it; run again to rebuild it"
                 )
             cases.append(found)
         augmentations = [recipe.create() for recipe in self.augmentations]

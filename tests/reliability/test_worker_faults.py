@@ -101,3 +101,18 @@ def test_a_worker_that_fails_to_start_is_named_in_one_line(worker_root: Path) ->
     assert "RuntimeError: the licence server is not reachable from this process" in line
     assert "BrokenProcessPool" not in result.stderr
     assert not (folder / "model" / "model.keras").exists()
+
+
+def test_a_cache_build_worker_that_fails_to_start_is_named_in_one_line(
+    worker_root: Path,
+) -> None:
+    """``miscore cache build --workers 2``: the same start-up failure, in the build's pool."""
+    folder = setup(worker_root, "build_fails", MAIN_ONLY)
+    result = run_cli(
+        "--plugin", "marks.py", "cache", "build", "config.yaml",
+        "--data", str(worker_root / "data"), "--workers", "2", cwd=folder,
+    )  # fmt: skip
+    line = assert_error_last(result, code=1)
+    assert line.startswith("miscore: error: cache build worker SpawnProcess-"), line
+    assert "RuntimeError: the licence server is not reachable from this process" in line
+    assert "BrokenProcessPool" not in result.stderr
