@@ -88,11 +88,42 @@ def predict(
             "default: the input's own format.",
         ),
     ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            "--scheduler",
+            help="Predict on Dask, one task a case: local:N (N processes here) or "
+            "tcp://host:8786 (a running scheduler); needs miscore[dask].",
+        ),
+    ] = None,
 ) -> None:
     """Predict label maps with a trained model; each is written with its input's geometry."""
+    cli = state(ctx)
+    if scheduler is not None:
+        # the workers load the model; this process never imports TensorFlow
+        from miscore.tools.scaleout import import_distributed, parse_scheduler, predict_on_dask
+
+        parse_scheduler(scheduler)
+        import_distributed()
+        written = predict_on_dask(
+            model_dir,
+            inputs,
+            out,
+            scheduler=scheduler,
+            plugins=cli.plugins,
+            local_plugins=cli.local_plugins,
+            overlap=overlap,
+            blend=blend,
+            tta=tta,
+            with_probabilities=probabilities,
+            writer=fmt,
+            log=cli.log,
+            progress=cli.interactive,
+        )
+        print(f"{len(written)} predictions in {out}")
+        return
     from miscore.pipeline.inference import predict as run_prediction
 
-    cli = state(ctx)
     import_tensorflow_quietly(cli.debug)
     written = run_prediction(
         model_dir,

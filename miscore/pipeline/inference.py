@@ -490,6 +490,43 @@ def predict(
     predictor = load_model(model_dir, plugins)
     plugins = predictor.plugins
     out = Path(out)
+    cases = _check_inputs_and_output(inputs, out, plugins, writer)
+    written: list[Path] = []
+    with progress_bar(len(cases), "predicting", progress) as advance:
+        for index, item in enumerate(cases, 1):
+            written.append(
+                predict_and_write(
+                    predictor, item, out, overlap, blend, tta, with_probabilities, writer
+                )
+            )
+            log(f"[{index}/{len(cases)}] {item.id} -> {written[-1]}")
+            advance()
+    return written
+
+
+def check_prediction(
+    model_dir: Path | str,
+    inputs: Sequence[Path | str],
+    out: Path | str,
+    plugins: PluginManager,
+    writer: str | None = None,
+) -> list[InputCase]:
+    """What ``predict`` checks before its first case, without loading the Keras model (so
+    without TensorFlow): the model folder (or the fold folders of a cross-validation folder)
+    and its plugins, the inputs, the output folder (created) and ``writer``. Returns the
+    cases to predict; prediction elsewhere (Dask workers) then loads the model itself."""
+    from miscore.pipeline.modeldir import ensemble_members
+
+    members = ensemble_members(model_dir)
+    for folder in members if members is not None else [Path(model_dir)]:
+        model = ModelDir(folder)
+        check_plugins(model.info(), plugins, model.config())
+    return _check_inputs_and_output(inputs, Path(out), plugins, writer)
+
+
+def _check_inputs_and_output(
+    inputs: Sequence[Path | str], out: Path, plugins: PluginManager, writer: str | None
+) -> list[InputCase]:
     cases = find_inputs(inputs, plugins)
     sources = {c.source.resolve() for c in cases}
     if out.resolve() in sources or any(out.resolve() == s.parent for s in sources):
@@ -502,18 +539,10 @@ def predict(
         raise InputError(f"{out}: the output folder is not writable; choose another with --out")
     if writer is not None:
         writer_io(writer, plugins)  # a wrong --format fails now, not after the first case
-    written: list[Path] = []
-    with progress_bar(len(cases), "predicting", progress) as advance:
-        for index, item in enumerate(cases, 1):
-            written.append(
-                _predict_one(predictor, item, out, overlap, blend, tta, with_probabilities, writer)
-            )
-            log(f"[{index}/{len(cases)}] {item.id} -> {written[-1]}")
-            advance()
-    return written
+    return cases
 
 
-def _predict_one(
+def predict_and_write(
     predictor: Predictor,
     item: InputCase,
     out: Path,
@@ -523,7 +552,9 @@ def _predict_one(
     with_probabilities: bool,
     writer: str | None,
 ) -> Path:
-    """Predict one input case, write it (and its probabilities), call the hook."""
+    """Predict one input case, write it (and its probabilities), call the hook. The IO
+    plugin writes each file; the bundled ones write under a temporary name and rename it
+    into place (``atomic_output``), so a failed case leaves no partial file."""
     plugins = predictor.plugins
     case = item.read()
     label, probs = predictor.predict_case(
