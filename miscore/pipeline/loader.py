@@ -304,7 +304,7 @@ class WorkerSetup:
             found = cache.get(CacheKey(digest, case_id, {}))
             if found is None:
                 raise CacheError(
-                    f"cache entry of case {case_id} ({self.cache_root / 'entries' / digest}): "
+                    f"cache entry of case {case_id} ({cache.entry_path(digest)}): "
                     "it was removed while this run read it; run again to rebuild it"
                 )
             cases.append(found)

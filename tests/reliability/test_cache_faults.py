@@ -67,6 +67,25 @@ def test_chunks_removed_between_epochs_stop_the_loader(tmp_path: Path, workers: 
     assert "\n" not in message
 
 
+def test_an_entry_removed_before_the_workers_start_is_named(tmp_path: Path) -> None:
+    """A worker process opens its entries when it starts: one gone is named, in one line."""
+    cache = CaseCache(tmp_path / "cache", CacheSettings(chunks=(8, 8, 8)))
+    cases = cached_cases(cache)
+    loader = PatchLoader(
+        cases, config(2), [], 2, cache_root=str(cache.root), cache_settings=cache.settings
+    )
+    shutil.rmtree(cache.entry_path(cases[1].key))
+    try:
+        with pytest.raises(miscore.PipelineError) as caught:
+            list(loader.epoch_batches(0))
+    finally:
+        loader.close()
+    message = str(caught.value)
+    assert "failed to start: CacheError: cache entry of case phantom_1" in message, message
+    assert cases[1].key in message and "removed while this run read it" in message
+    assert "\n" not in message
+
+
 def test_cache_clear_during_a_thread_loader_is_an_error(tmp_path: Path) -> None:
     cache = CaseCache(tmp_path / "cache", CacheSettings(chunks=(8, 8, 8)))
     cases = cached_cases(cache)
