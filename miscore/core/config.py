@@ -192,8 +192,11 @@ class TrainingConfig(Section):
         "good only in training mode (batch normalization)",
     )
     workers: int = Field(1, ge=1, description="processes that sample and augment patches")
-    distribute: Literal["auto", "none", "mirrored"] = Field(
-        "auto", description="auto: MirroredStrategy when several GPUs are visible"
+    distribute: Literal["auto", "none", "mirrored", "multi_worker"] = Field(
+        "auto",
+        description="auto: MultiWorkerMirroredStrategy when TF_CONFIG names several workers "
+        "(miscore train --cluster sets it), else MirroredStrategy when several GPUs are "
+        "visible; multi_worker: refuse to start without TF_CONFIG",
     )
     devices: list[str] | None = Field(
         None, description="devices for MirroredStrategy, e.g. ['/gpu:0', '/gpu:1']"

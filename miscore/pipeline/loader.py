@@ -10,6 +10,11 @@ step); ``workers > 1`` uses that many processes (``spawn``), each opening the za
 and reading only the chunks its windows touch. ``scipy.ndimage`` holds the GIL, so threads
 would not scale (see DESIGN.md). On-the-fly mode (no disk cache) always uses the thread.
 
+Multi-worker training (``shard``): every worker draws the same plan and keeps its own
+contiguous share of each global batch of ``training.batch_size``, so within an epoch no sample
+is drawn by two workers and the union of the workers' batches of a step is the batch one
+process would have made.
+
 A worker process gets the augmentation objects the loader was given as recipes (class by
 module and name, params), not by looking the config up in a plugin manager of its own: so a
 ``--plugin FILE`` augmentation, or one of a plugin registered from Python, reaches it. An
@@ -408,6 +413,8 @@ class PatchLoader:
                 tuple(component_recipe(a) for a in augmentations),
                 n_classes,
             )
+        #: ``(index, count)``: this worker's share of every global batch (``shard``)
+        self.shard_of = (0, 1)
         self._check_shapes()
         planned = sum(len(e) for e in self._epoch_samples(0))
         self.steps_per_epoch = config.training.steps_per_epoch or max(
@@ -478,6 +485,26 @@ class PatchLoader:
         samples = samples[:needed]
         return [samples[i : i + self.batch_size] for i in range(0, needed, self.batch_size)]
 
+    def shard(self, index: int, count: int) -> None:
+        """Make only worker ``index`` of ``count``'s share of each global batch: the samples
+        ``[index * k, (index + 1) * k)`` of every batch of ``plan``, ``k = batch_size / count``.
+
+        Raises ``ConfigError`` when ``training.batch_size`` is not divisible by ``count``."""
+        if count < 1 or not 0 <= index < count:
+            raise ValueError(f"no worker {index} of {count}")
+        if self.batch_size % count:
+            raise ConfigError(
+                f"training.batch_size {self.batch_size} is the global batch and must be "
+                f"divisible by the {count} workers; use a multiple of {count}"
+            )
+        self.shard_of = (index, count)
+
+    def worker_plan(self, epoch: int) -> list[list[Sample]]:
+        """This worker's share of each batch of ``plan(epoch)`` (all of it unless sharded)."""
+        index, count = self.shard_of
+        share = self.batch_size // count
+        return [batch[index * share : (index + 1) * share] for batch in self.plan(epoch)]
+
     def _pool(self) -> Executor:
         if self._executor is None:
             if self._setup is not None:
@@ -492,8 +519,8 @@ class PatchLoader:
         return self._executor
 
     def epoch_batches(self, epoch: int) -> Iterator[Batch]:
-        """The batches of one epoch, in order, prepared ``prefetch`` ahead."""
-        plan = self.plan(epoch)
+        """This worker's batches of one epoch, in order, prepared ``prefetch`` ahead."""
+        plan = self.worker_plan(epoch)
         pool = self._pool()
         work: Any = _worker_batch if isinstance(pool, ProcessPoolExecutor) else self.maker.batch
         ahead = self.prefetch * max(1, self.workers)

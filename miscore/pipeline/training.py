@@ -9,6 +9,10 @@ Resume: after every epoch the model with its optimizer state is saved to
 ``history.tsv`` is rewritten. ``--resume`` loads them and continues at the next epoch with the
 same history; the loader's batches depend only on (seed, epoch), so the data a resumed run sees
 are the data the uninterrupted run would have seen.
+
+Several machines: when ``TF_CONFIG`` names several workers, training runs under
+``MultiWorkerMirroredStrategy`` with the loop of ``multiworker.py`` (Keras ``fit`` fails there);
+the chief writes the model folder, the other workers a temporary one.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import numpy as np
 
 from miscore.core.atomic import atomic_output, write_text_atomic
 from miscore.core.config import Config
-from miscore.core.errors import InputError, MiscoreError, PipelineError
+from miscore.core.errors import ConfigError, InputError, MiscoreError, PipelineError
 from miscore.pipeline.modecheck import INFERENCE_COLUMN, TRAINING_COLUMN, degenerate_warning
 from miscore.pipeline.modeldir import (
     ComponentRecord,
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
     from miscore.data.dataset import Dataset
     from miscore.pipeline.loader import PatchLoader
     from miscore.pipeline.modecheck import ModeCheck
+    from miscore.pipeline.multiworker import ClusterRole
 
 
 @dataclass
@@ -58,6 +63,8 @@ class TrainResult:
     best: float | None = None
     monitor: str = "loss"
     warning: str | None = None
+    #: False on a multi-worker run's other workers: ``model_dir`` is the chief's folder
+    chief: bool = True
 
 
 # --- building and compiling ---------------------------------------------------------------
@@ -112,16 +119,38 @@ def build_optimizer(config: Config, plugins: PluginManager, total_steps: int = 1
 
 
 def distribution_strategy(config: Config) -> Any:
-    """A ``MirroredStrategy`` when several GPUs (or the configured devices) are there."""
+    """``MultiWorkerMirroredStrategy`` when ``TF_CONFIG`` names several workers; else a
+    ``MirroredStrategy`` when several GPUs (or the configured devices) are there."""
+    from miscore.pipeline.multiworker import multi_worker_strategy
+
+    if cluster_of(config) is not None:
+        return multi_worker_strategy()
     import tensorflow as tf
 
     devices = config.training.devices
     if devices is None and config.training.distribute == "auto":
         gpus = tf.config.list_logical_devices("GPU")
         devices = [d.name for d in gpus] if len(gpus) > 1 else None
-    if config.training.distribute == "none" or not devices or len(devices) < 2:
+    if config.training.distribute in ("none", "multi_worker") or not devices or len(devices) < 2:
         return None
     return tf.distribute.MirroredStrategy(devices=devices)
+
+
+def cluster_of(config: Config) -> ClusterRole | None:
+    """This worker's role when training runs on several machines (``TF_CONFIG`` names several
+    workers and ``training.distribute`` is ``auto`` or ``multi_worker``); None otherwise."""
+    from miscore.pipeline.multiworker import TF_CONFIG, cluster_role
+
+    distribute = config.training.distribute
+    if distribute not in ("auto", "multi_worker"):
+        return None
+    role = cluster_role()
+    if role is None and distribute == "multi_worker":
+        raise ConfigError(
+            f"training.distribute 'multi_worker' needs {TF_CONFIG} naming two workers or more "
+            "(or miscore train --cluster host:port,host:port --task N)"
+        )
+    return role
 
 
 @contextlib.contextmanager
@@ -228,6 +257,7 @@ def make_recorder(
     log: Callable[[str], None],
     schedules: dict[str, Any] | None = None,
     check: ModeCheck | None = None,
+    chief: bool = True,
 ) -> Any:
     """The callback that logs, plots, checkpoints and calls the ``epoch_end`` hook.
 
@@ -237,7 +267,8 @@ def make_recorder(
 
     ``schedules`` (early stopping, LR plateau) have their counters saved with the checkpoint,
     so that ``--resume`` stops and lowers the rate when the uninterrupted run would have.
-    It must run after them (last in the callback list)."""
+    It must run after them (last in the callback list). A multi-worker run's other workers
+    (``chief`` False) save into their own folder too, but draw no curves and call no hook."""
     import keras
 
     higher = monitor == INFERENCE_COLUMN
@@ -270,7 +301,8 @@ def make_recorder(
             row = {"epoch": float(epoch + 1), **values}
             history.append(row)
             write_history(model_dir.history_file, history)
-            plot_curves(model_dir.curves_file, history)
+            if chief:
+                plot_curves(model_dir.curves_file, history)
             current = values.get(monitor)
             improved = (
                 current is not None
@@ -287,7 +319,8 @@ def make_recorder(
             seconds = time.perf_counter() - self.started
             shown = "  ".join(f"{k} {v:.4g}" for k, v in values.items())
             log(f"epoch {epoch + 1}: {shown}  ({seconds:.1f} s){'  *' if improved else ''}")
-            plugins.epoch_end(epoch=epoch + 1, logs=values, model_dir=model_dir.path)
+            if chief:
+                plugins.epoch_end(epoch=epoch + 1, logs=values, model_dir=model_dir.path)
 
     return EpochRecorder()
 
@@ -405,54 +438,127 @@ def fit_model(
         epochs: overrides ``training.epochs``.
         resume: continue from ``checkpoints/last.keras``.
     """
+    from miscore.pipeline.multiworker import (
+        check_global_batch,
+        is_multi_worker,
+        shard_note,
+        worker_folder,
+    )
+
+    # a multi-worker strategy first: it must be made before TensorFlow runs anything
+    strategy = distribution_strategy(config)
+    role = cluster_of(config) if is_multi_worker(strategy) else None
+    check = mode_check(config, loader, validation)
+    if role is not None:
+        check_global_batch(config.training.batch_size, role.count, strategy.num_replicas_in_sync)
+        loader.shard(role.index, role.count)
+        log(shard_note(role, strategy.num_replicas_in_sync, config.training.batch_size))
+    elif strategy is not None:
+        log(f"distributing over {strategy.num_replicas_in_sync} devices (MirroredStrategy)")
+    if strategy is not None and check is not None:
+        check.distributed = True  # variables are per device under a strategy
+    try:
+        if role is None:
+            return fit_in(
+                config, plugins, loader, validation, ModelDir(model_dir), info, check,
+                strategy, None, epochs=epochs, resume=resume, log=log, progress=progress,
+            )  # fmt: skip
+        with worker_folder(role, Path(model_dir)) as written:
+            result = fit_in(
+                config, plugins, loader, validation, ModelDir(written), info, check,
+                strategy, role, epochs=epochs, resume=resume, log=log, progress=progress,
+                source=ModelDir(model_dir),
+            )  # fmt: skip
+        result.model_dir, result.chief = Path(model_dir), role.chief
+        return result
+    finally:
+        loader.close()
+
+
+def fit_in(
+    config: Config,
+    plugins: PluginManager,
+    loader: PatchLoader,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+    folder: ModelDir,
+    info: ModelInfo,
+    check: ModeCheck | None,
+    strategy: Any,
+    role: ClusterRole | None,
+    *,
+    epochs: int | None,
+    resume: bool,
+    log: Callable[[str], None],
+    progress: bool,
+    source: ModelDir | None = None,
+) -> TrainResult:
+    """``fit_model`` once the strategy is made: the model written to ``folder``, resumed
+    from ``source`` (the chief's folder; ``folder`` when None). Under a multi-worker
+    strategy (``role``) every worker runs this, each into its own folder."""
     import keras
 
-    folder = ModelDir(model_dir)
     total = epochs or config.training.epochs
     monitor = "val_loss" if validation is not None else "loss"
-    check = mode_check(config, loader, validation)
     # the best model is the one that predicts best in inference mode on fixed patches; the
     # schedules (plateau, early stopping) keep watching the loss Keras logs
     select = INFERENCE_COLUMN if check is not None else monitor
     keras.utils.set_random_seed(config.training.seed)
-    strategy = distribution_strategy(config)
-    if strategy is not None:
-        log(f"distributing over {strategy.num_replicas_in_sync} devices (MirroredStrategy)")
-        if check is not None:
-            check.distributed = True  # variables are per device under a strategy
     scope: Any = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    try:
-        start = start_model(
-            config, plugins, folder, info, total * loader.steps_per_epoch, resume, scope, log
-        )
-        if start.initial_epoch >= total:
-            log(f"already trained for {start.initial_epoch} epochs (asked for {total})")
-            return TrainResult(folder.path, start.history, start.initial_epoch, start.best, select)
-        folder.write_metadata(config, info)
-        schedules = schedule_callbacks(config, monitor, start.saved)
-        if start.saved.get("early_stopping", {}).get("stopped"):
-            ended = f"early stopping ended this run after epoch {start.initial_epoch}"
-            log(f"{ended}: nothing to resume")
-            return TrainResult(folder.path, start.history, start.initial_epoch, start.best, select)
-        recorder = make_recorder(
-            folder, plugins, start.history, select, start.best, log, schedules, check
-        )
-        callbacks = [*schedules.values(), *configured_callbacks(config, plugins, folder.path)]
-        if progress:
-            callbacks.append(make_progress(loader.steps_per_epoch, total))
-        callbacks.append(recorder)  # last: it saves the schedules' counters of the epoch
-        run_fit(start.model, loader, validation, config, (start.initial_epoch, total), callbacks)
-    finally:
-        loader.close()
+    start = start_model(
+        config, plugins, folder, info, total * loader.steps_per_epoch, resume, scope, log,
+        source,
+    )  # fmt: skip
+    if role is not None:
+        agree_on_start(strategy, start.initial_epoch, source or folder)
+    if start.initial_epoch >= total:
+        log(f"already trained for {start.initial_epoch} epochs (asked for {total})")
+        return TrainResult(folder.path, start.history, start.initial_epoch, start.best, select)
+    folder.write_metadata(config, info)
+    schedules = schedule_callbacks(config, monitor, start.saved)
+    if start.saved.get("early_stopping", {}).get("stopped"):
+        ended = f"early stopping ended this run after epoch {start.initial_epoch}"
+        log(f"{ended}: nothing to resume")
+        return TrainResult(folder.path, start.history, start.initial_epoch, start.best, select)
+    chief = role is None or role.chief
+    recorder = make_recorder(
+        folder, plugins, start.history, select, start.best, log, schedules, check, chief
+    )
+    callbacks = [*schedules.values(), *configured_callbacks(config, plugins, folder.path)]
+    if progress:
+        callbacks.append(make_progress(loader.steps_per_epoch, total))
+    callbacks.append(recorder)  # last: it saves the schedules' counters of the epoch
+    span = (start.initial_epoch, total)
+    if role is None:
+        run_fit(start.model, loader, validation, config, span, callbacks)
+    else:
+        from miscore.pipeline.multiworker import fit_multi_worker
+
+        batch = config.training.batch_size
+        fit_multi_worker(start.model, strategy, loader, validation, batch, span, callbacks)
     if not folder.model_file.exists():
         save_keras_model(start.model, folder.model_file)
     history = start.history
     info.epochs_trained = int(history[-1]["epoch"]) if history else start.initial_epoch
     folder.write_metadata(config, info)
     warning = degenerate_warning(history, check.source if check else "")
-    if warning:
+    if warning and chief:
         log(warning)
     return TrainResult(folder.path, history, info.epochs_trained, recorder.best, select, warning)
+
+
+def agree_on_start(strategy: Any, initial_epoch: int, source: ModelDir) -> None:
+    """Refuse a multi-worker start where the workers would begin at different epochs (a
+    worker that cannot read the chief's checkpoint): they would wait on each other forever."""
+    from miscore.pipeline.multiworker import agreed
+
+    low, high = agreed(strategy, float(initial_epoch))
+    if low != high:
+        raise PipelineError(
+            f"--resume: the workers would start at different epochs ({int(low)} to "
+            f"{int(high)}; this one after epoch {initial_epoch}): every worker must read the "
+            f"chief's checkpoint {source.last_checkpoint} (a shared folder), and all must be "
+            "restarted with --resume"
+        )
 
 
 def start_model(
@@ -464,23 +570,26 @@ def start_model(
     resume: bool,
     scope: Any,
     log: Callable[[str], None],
+    source: ModelDir | None = None,
 ) -> FitStart:
-    """The compiled model to fit: the last checkpoint with its optimizer state when
-    resuming one, else a new one of ``model.architecture`` (refused in a used folder)."""
-    if resume and folder.state_file.is_file():
-        state = json.loads(folder.state_file.read_text(encoding="utf-8"))
+    """The compiled model to fit: the last checkpoint (of ``source``, else ``folder``) with
+    its optimizer state when resuming one, else a new one of ``model.architecture``
+    (refused in a used folder)."""
+    read = source or folder
+    if resume and read.state_file.is_file():
+        state = json.loads(read.state_file.read_text(encoding="utf-8"))
         initial_epoch = int(state["epoch"])
-        history = [r for r in read_history(folder.history_file) if r["epoch"] <= initial_epoch]
+        history = [r for r in read_history(read.history_file) if r["epoch"] <= initial_epoch]
         with scope, precision_policy(config):
             # compile=True restores the optimizer with its state (and rate schedule), and the loss
             objects = custom_objects(config, plugins)
-            model = load_keras_model(folder.last_checkpoint, objects, compile=True)
+            model = load_keras_model(read.last_checkpoint, objects, compile=True)
             if getattr(model, "optimizer", None) is None:
                 compile_model(model, config, plugins, info.n_classes, total_steps)
-        log(f"resuming after epoch {initial_epoch} from {folder.last_checkpoint}")
+        log(f"resuming after epoch {initial_epoch} from {read.last_checkpoint}")
         return FitStart(model, initial_epoch, state.get("best"), history, state)
     if resume:
-        log(f"nothing to resume in {folder.path}: starting from epoch 1")
+        log(f"nothing to resume in {read.path}: starting from epoch 1")
     else:
         refuse_used_folder(folder)
     architecture = plugins.registry.create(
@@ -732,7 +841,10 @@ def train(
     from miscore.core.plugins import PluginManager
     from miscore.data.dataset import Dataset
 
-    if not resume:
+    role = cluster_of(config)
+    if role is not None:
+        distribution_strategy(config)  # first: it must be made before TensorFlow runs anything
+    if not resume and (role is None or role.chief):
         refuse_used_folder(ModelDir(out))  # before the cache is built, not after
     plugins = plugins or PluginManager(local_plugins=local_plugins)
     registry = plugins.registry
