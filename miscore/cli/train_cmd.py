@@ -29,13 +29,33 @@ def train(
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="Override training.workers.")
     ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster",
+            help="Train on several machines: every worker's host:port, comma-separated, the "
+            "same list on each (sets TF_CONFIG).",
+        ),
+    ] = None,
+    task: Annotated[
+        int | None,
+        typer.Option("--task", min=0, help="This worker's place in --cluster (0: the chief)."),
+    ] = None,
 ) -> None:
     """Train a model on a dataset and write the model folder."""
+    import os
+
     from miscore.core.config import load_config
     from miscore.core.errors import InputError
+    from miscore.pipeline.multiworker import TF_CONFIG, tf_config_for
     from miscore.pipeline.training import train as run_training
 
     cli = state(ctx)
+    if cluster is not None or task is not None:
+        if cluster is None or task is None:
+            raise InputError("--cluster and --task go together (or set TF_CONFIG)")
+        # before TensorFlow is imported; it is read when the strategy is made
+        os.environ[TF_CONFIG] = tf_config_for(cluster.split(","), task)
     settings = load_config(config)
     import_tensorflow_quietly(cli.debug)
     if workers is not None:
@@ -56,6 +76,9 @@ def train(
         progress=cli.interactive,
     )
     best = f", best {result.monitor} {result.best:.4g}" if result.best is not None else ""
+    if not result.chief:
+        print(f"worker done ({result.epochs} epochs{best}); the chief writes {result.model_dir}")
+        return
     print(f"model: {result.model_dir} ({result.epochs} epochs{best})")
 
 
