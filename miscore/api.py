@@ -114,6 +114,11 @@ class _SessionComponents:
         return f"0+session.{self._code.hexdigest()[:12]}"
 
     def _note_code(self, name: str, code: object) -> None:
+    def plugin_name(self) -> str:
+        """``session_<hash>``: the name cache keys record this plugin under; like the
+        version, the same from run to run of the same code."""
+        return f"session_{self._code.hexdigest()[:12]}"
+
         """Hash ``code``'s identity and source: its module's file (helpers next to it
         count), else its own source; code without either (typed at a plain Python prompt)
         gets a token of this run, so nothing cached with it is reused by another run."""
@@ -208,7 +213,7 @@ class Pipeline:
                 raise ConfigError(f"Pipeline: unknown option {key!r}; options: {', '.join(known)}")
         if any(self._session.classes.values()):
             self.plugins.register(
-                self._session, f"session_{id(self):x}", version=self._session.version()
+                self._session, self._session.plugin_name(), version=self._session.version()
             )
         patching = data.get("patching", {})
         if patching.get("patch_shape") is not None and "mode" not in patching:
