@@ -843,6 +843,9 @@ def train(
 
     role = cluster_of(config)
     if role is not None:
+        from miscore.pipeline.multiworker import check_global_batch
+
+        check_global_batch(config.training.batch_size, role.count, role.count)  # before work
         distribution_strategy(config)  # first: it must be made before TensorFlow runs anything
     if not resume and (role is None or role.chief):
         refuse_used_folder(ModelDir(out))  # before the cache is built, not after

@@ -16,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.cli.helpers import run_cli
+from miscore.core.errors import ConfigError
+from miscore.pipeline.multiworker import cluster_role, tf_config_for
+from tests.cli.helpers import assert_one_line_error, run_cli
 
 # SGD, no augmentation, no dropout, a per-voxel loss: the two workers' half batches give the
 # single process's gradient up to the order of float sums (Adam would turn the float noise of
@@ -107,6 +109,7 @@ def largest_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return max(float(np.max(np.abs(x - y))) for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow
 def test_two_workers_train_the_single_process_model_and_resume(tmp_path: Path) -> None:
     result = run_cli("synth", tmp_path / "data", "--cases", "3", "--shape", "32", "32", "32",
                      "--classes", "2", "--seed", "1")  # fmt: skip
@@ -169,3 +172,34 @@ def test_two_workers_train_the_single_process_model_and_resume(tmp_path: Path) -
     single_rows = (tmp_path / "single" / "history.tsv").read_text().splitlines()
     losses = [float(row.split("\t")[1]) for row in single_rows[1:]]
     assert np.allclose([float(row.split("\t")[1]) for row in history[1:]], losses, atol=1e-5)
+
+
+def test_cluster_and_task_become_tf_config_and_a_role() -> None:
+    config = tf_config_for(["node1:2222", "node2:2222", "node3:2222"], 1)
+    role = cluster_role({"TF_CONFIG": config})
+    assert role is not None and (role.index, role.count, role.chief) == (1, 3, False)
+    chief = cluster_role({"TF_CONFIG": tf_config_for(["a:1", "b:1"], 0)})
+    assert chief is not None and chief.chief
+    assert cluster_role({}) is None
+    assert cluster_role({"TF_CONFIG": '{"cluster": {"worker": ["a:1"]}}'}) is None  # one task
+    with pytest.raises(ConfigError, match="TF_CONFIG: task index 2"):
+        cluster_role({"TF_CONFIG": '{"cluster": {"worker": ["a:1", "b:1"]}, '
+                      '"task": {"type": "worker", "index": 2}}'})  # fmt: skip
+
+
+def test_bad_cluster_options_and_an_indivisible_batch_are_one_line_errors(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text(CONFIG.replace("batch_size: 2", "batch_size: 3"))
+    (tmp_path / "data").mkdir()
+    cases = {
+        ("--cluster", "node1,node2:2222", "--task", "0"): "--cluster: 'node1' is not host:port",
+        ("--cluster", "a:1,b:1", "--task", "2"): "--task 2: must be 0 to 1",
+        ("--cluster", "a:1,b:1"): "--cluster and --task go together",
+        # checked before the cache is built or any worker is waited for
+        ("--cluster", "localhost:1,localhost:2", "--task", "1"): (
+            "training.batch_size 3 is the global batch and must be divisible by the 2 "
+            "replicas in sync"
+        ),
+    }
+    for args, message in cases.items():
+        result = run_cli("train", "config.yaml", "--data", "data", *args, cwd=tmp_path)
+        assert message in assert_one_line_error(result), args
