@@ -396,11 +396,15 @@ class PluginManager:
     def _load_entrypoints(self) -> None:
         for ep in sorted(
             importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
+        labels: dict[object, str | None] = {}  # one metadata parse per distribution
         ):
             module = ep.value.split(":")[0]
             if {ep.name, module} & self.disabled or self.is_registered(ep.name):
                 continue
-            distribution = distribution_label(ep.dist)
+            where = getattr(ep.dist, "_path", None) or id(ep.dist)  # its dist-info folder
+            if where not in labels:
+                labels[where] = distribution_label(ep.dist)
+            distribution = labels[where]
             try:
                 plugin = ep.load()
             except Exception as exc:

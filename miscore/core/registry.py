@@ -64,9 +64,11 @@ class PluginFailure:
 
     def __str__(self) -> str:
         where = f" (distribution {self.distribution})" if self.distribution else ""
+        # one line: an exception's message may have several (numpy's ImportError has)
+        message = "; ".join(line.strip() for line in self.message.splitlines() if line.strip())
         if self.did_not_load:
-            return f"plugin {self.plugin!r}{where} is installed but failed to load: {self.message}"
-        return f"plugin {self.plugin!r}{where} failed at {self.stage}: {self.message}"
+            return f"plugin {self.plugin!r}{where} is installed but failed to load: {message}"
+        return f"plugin {self.plugin!r}{where} failed at {self.stage}: {message}"
 
 
 @dataclass(frozen=True)

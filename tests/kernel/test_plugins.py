@@ -122,6 +122,22 @@ def test_a_plugin_that_raises_is_named_and_does_not_take_others_down(
         registry.get_subfunction("normalize")
 
 
+class BrokenOverLines:
+    @miscore.hookimpl
+    def miscore_register_subfunctions(self) -> list[Any]:
+        raise ImportError("numpy failed to import:\n\n  libopenblas.so: not found\n")
+
+
+def test_a_failure_over_several_lines_is_reported_in_one(plugin_manager: PluginManager) -> None:
+    plugin_manager.register(BrokenOverLines(), "lines")
+    [failure] = plugin_manager.registry.failures
+    assert "\n" not in str(failure)
+    assert str(failure).endswith("numpy failed to import:; libopenblas.so: not found")
+    with pytest.raises(miscore.ComponentNotFoundError) as caught:
+        plugin_manager.registry.get_subfunction("normalize")
+    assert "\n" not in str(caught.value)
+
+
 def test_a_misspelled_hook_is_refused_with_the_plugin_name(plugin_manager: PluginManager) -> None:
     with pytest.raises(miscore.PluginError, match="plugin 'typo' is invalid"):
         plugin_manager.register(Misspelled(), "typo")
