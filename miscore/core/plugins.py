@@ -394,9 +394,9 @@ class PluginManager:
         return self._pm.get_plugin(name) is not None
 
     def _load_entrypoints(self) -> None:
+        labels: dict[object, str | None] = {}  # one metadata parse per distribution
         for ep in sorted(
             importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name
-        labels: dict[object, str | None] = {}  # one metadata parse per distribution
         ):
             module = ep.value.split(":")[0]
             if {ep.name, module} & self.disabled or self.is_registered(ep.name):
