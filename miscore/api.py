@@ -113,12 +113,12 @@ class _SessionComponents:
         (their names, ``python_<kind>_<n>``, repeat from run to run)."""
         return f"0+session.{self._code.hexdigest()[:12]}"
 
-    def _note_code(self, name: str, code: object) -> None:
     def plugin_name(self) -> str:
         """``session_<hash>``: the name cache keys record this plugin under; like the
         version, the same from run to run of the same code."""
         return f"session_{self._code.hexdigest()[:12]}"
 
+    def _note_code(self, name: str, code: object) -> None:
         """Hash ``code``'s identity and source: its module's file (helpers next to it
         count), else its own source; code without either (typed at a plain Python prompt)
         gets a token of this run, so nothing cached with it is reused by another run."""
