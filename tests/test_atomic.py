@@ -159,3 +159,21 @@ def test_folders_that_cannot_be_synced_are_skipped(
 
 def test_the_public_api_is_the_same_function() -> None:
     assert miscore.atomic_output is atomic_output
+
+
+def test_a_metaimage_data_file_is_synced_before_it_gets_its_final_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MetaImage is two files: the .zraw data is published under its final name before the
+    header, so it is synced before that rename (a header must not point at an empty file)."""
+    import numpy as np
+
+    registry = miscore.PluginManager().registry
+    volume = miscore.Volume(np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6, 1))
+    journal = Journal(monkeypatch)
+    final = tmp_path / "image.mhd"
+    registry.create("io", "sitk").write(volume, final)
+    raw = final.with_suffix(".zraw")  # compressed
+    assert raw.is_file() and "ElementDataFile = image.zraw" in final.read_text()
+    inode = raw.stat().st_ino
+    assert journal.index(("fsync", "file", inode)) < journal.index(("rename", str(raw), inode))

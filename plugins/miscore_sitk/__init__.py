@@ -9,6 +9,7 @@ the writer inverts both steps. Multi-component pixels become channels.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -194,6 +195,8 @@ def _fix_mhd(temp: Path, final: Path) -> None:
         if line.startswith("ElementDataFile"):
             old = temp.parent / line.split("=", 1)[1].strip()
             new = final.with_suffix(old.suffix)
+            with old.open("rb+") as data:  # on disk before its final name, as the header
+                os.fsync(data.fileno())
             old.replace(new)
             lines[i] = f"ElementDataFile = {new.name}"
     temp.write_text("\n".join(lines) + "\n", encoding="latin-1")
