@@ -36,6 +36,7 @@ from miscore.core.plugins import PluginManager
 from miscore.core.volume import Volume
 from miscore.data.dataset import Dataset
 from miscore.pipeline.crossval import CrossValidationReport, cross_validate
+from miscore.tools.cachebuild import BuildResult
 
 #: keyword -> (config section, field) for Pipeline(**overrides)
 SHORTCUTS: dict[str, tuple[str, str]] = {
@@ -272,6 +273,35 @@ class Pipeline:
         )
         return load_model(out, plugins=self.plugins)
 
+    def build_cache(
+        self,
+        data: Dataset | Path | str,
+        *,
+        cache: str | None = None,
+        scheduler: str | None = None,
+        log: Callable[[str], None] = _log,
+    ) -> list[BuildResult]:
+        """Preprocess the labelled cases of ``data`` into the cache (as ``miscore cache
+        build``), here or on Dask: ``scheduler="local:4"`` or ``"tcp://host:8786"`` (needs
+        ``miscore[dask]``). Returns one result a case; raises naming the failed cases."""
+        from miscore.tools.cachebuild import build_cache
+
+        if scheduler is not None and any(self._session.classes.values()):
+            raise ConfigError(
+                "build_cache(scheduler=...): components given as Python objects cannot reach "
+                "Dask workers; package them as a plugin, or build without a scheduler"
+            )
+        root = data.root if isinstance(data, Dataset) else data
+        return build_cache(
+            self.config,
+            root,
+            cache,
+            plugins=self.plugins,
+            scheduler=scheduler,
+            source="Pipeline",
+            log=log,
+        )
+
     def cross_validate(
         self,
         data: Dataset | Path | str,
@@ -303,6 +333,8 @@ class Model:
         self,
         source: Volume | Path | str | Sequence[Path | str],
         out: Path | str | None = None,
+        *,
+        scheduler: str | None = None,
         **options: Any,
     ) -> Any:
         """Predict label maps.
@@ -310,14 +342,29 @@ class Model:
         With ``out``: ``source`` is one or more files/folders and the predictions are
         written there (as ``miscore predict``); returns the written paths. Without ``out``:
         ``source`` is a Volume or one image file, and the label Volume is returned.
+        ``scheduler`` (with ``out``): predict on Dask, one task a case, ``"local:2"`` or
+        ``"tcp://host:8786"`` (needs ``miscore[dask]``); each worker loads the model folder.
         """
         from miscore.core.volume import Case
         from miscore.pipeline.inference import find_inputs, predict
 
+        if scheduler is not None and out is None:
+            raise ConfigError("predict: scheduler= writes files; give out= too")
         if out is not None:
             if isinstance(source, Volume):
                 raise ConfigError("predict: give files or folders with out=, or a Volume without")
             inputs = [source] if isinstance(source, (str, Path)) else list(source)
+            if scheduler is not None:
+                from miscore.tools.scaleout import predict_on_dask
+
+                return predict_on_dask(
+                    self.predictor.model_dir,
+                    inputs,
+                    out,
+                    scheduler=scheduler,
+                    plugins=self.predictor.plugins,
+                    **options,
+                )
             return predict(
                 self.predictor.model_dir,
                 inputs,

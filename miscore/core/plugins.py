@@ -297,6 +297,8 @@ class PluginManager:
         self._failures: list[PluginFailure] = []
         self._registry: Registry | None = None
         self._building = threading.RLock()
+        #: the ``local_plugins`` specs, for worker processes to load again
+        self.local_plugins = tuple(local_plugins)
         if disabled is None:
             disabled = split_env_list(os.environ.get(DISABLE_ENV))
         self.disabled = frozenset(disabled)

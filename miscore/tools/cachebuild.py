@@ -16,6 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from miscore.core.errors import InputError, MiscoreError, PipelineError
+from miscore.tools.scaleout import (
+    dask_client,
+    describe_cluster,
+    describe_failure,
+    job_for,
+    run_cases,
+    worker_plugin_specs,
+)
 
 if TYPE_CHECKING:
     from miscore.cache import CaseCache
@@ -123,21 +131,14 @@ class BuildSpec:
         return CacheBuild.open(config, Path(self.data), self.cache, manager, self.source)
 
 
-def worker_plugin_specs(local_plugins: Sequence[str]) -> tuple[str, ...]:
-    """The local plugin specs as a worker elsewhere must see them: an existing ``.py`` file
-    or folder as an absolute path (a worker's working folder may differ), a module as is."""
-    return tuple(
-        str(Path(spec).absolute()) if Path(spec).exists() else spec for spec in local_plugins
-    )
-
-
-def build_spec(job: CacheBuild, local_plugins: Sequence[str], source: str) -> BuildSpec:
-    """The spec that reopens ``job`` in another process."""
+def build_spec(job: CacheBuild, source: str) -> BuildSpec:
+    """The spec that reopens ``job`` in another process: its plugin manager's local plugins
+    (``--plugin``) and disabled plugins go with it; entry points are found there again."""
     return BuildSpec(
         job.config.model_dump_json(),
         str(Path(job.dataset.root).absolute()),
         job.store.location,
-        worker_plugin_specs(local_plugins),
+        worker_plugin_specs(job.manager.local_plugins),
         tuple(sorted(job.manager.disabled)),
         source,
     )
@@ -163,7 +164,6 @@ def build_cache(
     cache: str | None = None,
     *,
     plugins: PluginManager,
-    local_plugins: Sequence[str] = (),
     shard: tuple[int, int] = (0, 1),
     workers: int = 1,
     scheduler: str | None = None,
@@ -178,7 +178,6 @@ def build_cache(
 
     Args:
         shard: ``(i, n)``: only every n-th labelled case from the i-th.
-        local_plugins: the ``--plugin`` specs, loaded again by every worker process.
         source: the config's name in errors (its file).
 
     Raises:
@@ -202,20 +201,46 @@ def build_cache(
             advance()
 
         if scheduler is not None:
-            from miscore.tools.scaleout import build_on_dask
-
-            build_on_dask(build_spec(job, local_plugins, source), ids, scheduler, report, log)
+            build_on_dask(build_spec(job, source), ids, scheduler, report, log)
         elif workers == 1 or len(ids) <= 1:
             for case_id in ids:
                 report(job.build(case_id))
         else:
-            spec = build_spec(job, local_plugins, source)
+            spec = build_spec(job, source)
             _build_in_processes(spec, ids, workers, report)
     failed = sum(1 for r in results if r.error)
     hits = sum(1 for r in results if r.hit)
     log(f"built {len(results) - hits - failed}, cached {hits}, failed {failed}")
     check_results(results)
     return results
+
+
+# --- Dask: one task a case -------------------------------------------------------------
+
+
+def _build_task(spec: BuildSpec, case_id: str) -> BuildResult:
+    """A Dask task: build one case with the job this worker opened for ``spec``."""
+    job: CacheBuild = job_for(spec, spec.open)
+    return job.build_or_raise(case_id)
+
+
+def build_on_dask(
+    spec: BuildSpec,
+    ids: Sequence[str],
+    scheduler: str,
+    report: Callable[[BuildResult], None],
+    log: Callable[[str], None],
+) -> None:
+    """Build the cases ``ids`` as one Dask task each; ``report`` gets every case's result
+    (a task that failed twice becomes a failed result naming its case)."""
+    with dask_client(scheduler) as client:
+        log(f"dask: {describe_cluster(client)}")
+        for outcome in run_cases(client, _build_task, spec, ids, "cache-build"):
+            if outcome.error is None:
+                report(outcome.value)
+            else:
+                reason, code = describe_failure(outcome.error)
+                report(BuildResult(outcome.case_id, False, 0.0, reason, code))
 
 
 # --- local worker processes (--workers N) -----------------------------------------------

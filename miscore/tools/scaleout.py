@@ -1,4 +1,7 @@
-"""Per-case work on a Dask cluster (``dask.distributed``): cache build and prediction.
+"""Per-case work on a Dask cluster (``dask.distributed``): the mechanics, and prediction.
+
+The cache build's task is in ``miscore.tools.cachebuild`` (``build_on_dask``), prediction's
+here (``predict_on_dask``); both run through ``run_cases`` and ``job_for``.
 
 ``--scheduler local:N`` starts a ``LocalCluster`` of N worker processes on this machine (one
 thread each) and closes it at the end; ``--scheduler tcp://host:8786`` connects to a running
@@ -37,7 +40,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from miscore.core.errors import InputError, MiscoreError, PipelineError
-from miscore.tools.cachebuild import BuildResult, BuildSpec, CacheBuild, worker_plugin_specs
 
 if TYPE_CHECKING:
     from miscore.core.plugins import PluginManager
@@ -98,8 +100,10 @@ def dask_client(text: str) -> Iterator[Any]:
                 n_workers=scheduler.workers,
                 threads_per_worker=1,
                 processes=True,
-                dashboard_address=None,
-                silence_logs=logging.ERROR,
+                dashboard_address=":0",  # a free port: never "8787 is already in use"
+                # a task's failure is reported by its case; the workers' own log of it
+                # (a traceback per try) would bury that report
+                silence_logs=logging.CRITICAL,
             ) as cluster,
             distributed.Client(cluster) as client,
         ):
@@ -161,13 +165,21 @@ def describe_failure(error: BaseException) -> tuple[str, int]:
     return f"{reason} (tried twice)", getattr(error, "exit_code", 1)
 
 
+def worker_plugin_specs(local_plugins: Sequence[str]) -> tuple[str, ...]:
+    """The local plugin specs as a worker elsewhere must see them: an existing ``.py`` file
+    or folder as an absolute path (a worker's working folder may differ), a module as is."""
+    return tuple(
+        str(Path(spec).absolute()) if Path(spec).exists() else spec for spec in local_plugins
+    )
+
+
 # --- worker state: one job per worker process, reused by its next tasks ------------------
 
 _LOCK = threading.Lock()
 _JOBS: dict[object, Any] = {}
 
 
-def _job_for(spec: object, open_job: Callable[[], Any]) -> Any:
+def job_for(spec: object, open_job: Callable[[], Any]) -> Any:
     """The job ``spec`` opens, opened once in this process; another spec replaces it (a
     worker of a long-lived cluster holds one model or dataset at a time, not every one)."""
     with _LOCK:
@@ -189,36 +201,14 @@ def _worker_name() -> str:
         return f"worker pid {os.getpid()}"
 
 
-# --- cache build ---------------------------------------------------------------------------
-
-
-def _build_task(spec: BuildSpec, case_id: str) -> BuildResult:
-    job: CacheBuild = _job_for(spec, spec.open)
-    return job.build_or_raise(case_id)
-
-
-def build_on_dask(
-    spec: BuildSpec,
-    ids: Sequence[str],
-    scheduler: str,
-    report: Callable[[BuildResult], None],
-    log: Callable[[str], None],
-) -> None:
-    """Build the cases ``ids`` as one Dask task each; ``report`` gets every case's result."""
-    with dask_client(scheduler) as client:
-        log(f"dask: {_describe_cluster(client)}")
-        for outcome in run_cases(client, _build_task, spec, ids, "cache-build"):
-            if outcome.error is None:
-                report(outcome.value)
-            else:
-                reason, code = describe_failure(outcome.error)
-                report(BuildResult(outcome.case_id, False, 0.0, reason, code))
-
-
-def _describe_cluster(client: Any) -> str:
+def describe_cluster(client: Any) -> str:
+    """``2 workers, 2 threads at tcp://...``: what the run got."""
     workers = client.scheduler_info().get("workers", {})
     threads = sum(int(w.get("nthreads", 0)) for w in workers.values())
-    return f"{len(workers)} workers, {threads} threads at {client.scheduler.address}"
+    address = client.scheduler.address
+    if not workers:
+        return f"no workers yet at {address}; the tasks start as workers join"
+    return f"{len(workers)} workers, {threads} threads at {address}"
 
 
 # --- prediction ----------------------------------------------------------------------------
@@ -291,7 +281,7 @@ def _configure_tensorflow(threads: int | None) -> None:
 def _predict_task(spec: PredictSpec, case_id: str) -> PredictResult:
     from miscore.pipeline.inference import predict_and_write
 
-    predictor, cases = _job_for(spec, spec.open)
+    predictor, cases = job_for(spec, spec.open)
     if case_id not in cases:
         raise PipelineError(
             f"{_worker_name()} finds no case {case_id} in {', '.join(spec.inputs)}: "
@@ -331,7 +321,6 @@ def predict_on_dask(
     *,
     scheduler: str,
     plugins: PluginManager | None = None,
-    local_plugins: Sequence[str] = (),
     overlap: float | None = None,
     blend: str | None = None,
     tta: bool | None = None,
@@ -344,7 +333,8 @@ def predict_on_dask(
 
     Everything that can be checked here is, before a worker starts (the model folder and
     its plugins, the inputs, the output folder, ``writer``); the Keras model is loaded by
-    the workers only, so TensorFlow is not imported in this process.
+    the workers only, so TensorFlow is not imported in this process. Workers load the
+    installed plugins and ``plugins``' local ones (``--plugin``) again.
 
     Raises:
         InputError, PipelineError: some cases failed; the others are written.
@@ -354,13 +344,13 @@ def predict_on_dask(
     from miscore.pipeline.inference import check_prediction
 
     parse_scheduler(scheduler)
-    plugins = plugins or PluginManager(local_plugins=local_plugins)
+    plugins = plugins or PluginManager()
     cases = check_prediction(model_dir, inputs, out, plugins, writer)
     spec = PredictSpec(
         str(Path(model_dir).absolute()),
         tuple(str(Path(p).absolute()) for p in inputs),
         str(Path(out).absolute()),
-        worker_plugin_specs(local_plugins),
+        worker_plugin_specs(plugins.local_plugins),
         tuple(sorted(plugins.disabled)),
         overlap,
         blend,
@@ -376,7 +366,7 @@ def predict_on_dask(
         progress_bar(len(ids), "predicting", progress) as advance,
         dask_client(scheduler) as client,
     ):
-        log(f"dask: {_describe_cluster(client)}")
+        log(f"dask: {describe_cluster(client)}")
         for outcome in run_cases(client, _predict_task, spec, ids, "predict"):
             result = outcome.value
             if outcome.error is not None:
