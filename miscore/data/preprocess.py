@@ -54,7 +54,7 @@ def _check_restored(step: Subfunction, result: Volume, case: Case, first: bool) 
     grid = case.meta.get(GRIDS_KEY, {}).get(step.state_key)
     if grid is None:  # a step before it dropped the record: nothing to compare with
         return
-    broke = f"preprocessing step {step.name!r} did not restore the grid on inverse"
+    broke = f"case {case.id}: preprocessing step {step.name!r} did not restore the grid on inverse"
     shape = tuple(int(n) for n in grid["shape"])
     if tuple(result.spatial_shape) != shape:
         given = "the image is" if first else "the grid it was given is"

@@ -83,7 +83,8 @@ def test_the_step_whose_inverse_drops_slices_is_named_with_the_grid_it_was_given
     with pytest.raises(miscore.PipelineError) as caught:
         undo(chain(Crop(), Scale(), Crop(mistake="no_pad")))
     assert str(caught.value) == (
-        "preprocessing step 'crop' did not restore the grid on inverse: got (28, 32, 32), "
+        "case case_000: preprocessing step 'crop' did not restore the grid on inverse: "
+        "got (28, 32, 32), "
         "the grid it was given is (30, 32, 32)"
     )
 
@@ -93,7 +94,8 @@ def test_an_inverse_with_the_right_shape_but_a_shifted_affine_is_named() -> None
         undo(chain(Crop(mistake="affine")))
     message = str(caught.value)
     assert message.startswith(
-        "preprocessing step 'crop' did not restore the grid on inverse: got the affine "
+        "case case_000: preprocessing step 'crop' did not restore the grid on inverse: "
+        "got the affine "
     )
     assert "the image's is" in message
 
