@@ -143,7 +143,6 @@ def build(
         data,
         cache,
         plugins=cli.plugins,
-        local_plugins=cli.local_plugins,
         shard=shard_range,
         workers=workers,
         scheduler=scheduler,

@@ -134,7 +134,6 @@ def predict(
             out,
             scheduler=scheduler,
             plugins=cli.plugins,
-            local_plugins=cli.local_plugins,
             overlap=overlap,
             blend=blend,
             tta=tta,
