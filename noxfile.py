@@ -55,7 +55,7 @@ PEERS = ("torch==2.13.0", "monai==1.6.1", "batchgenerators==0.25.5")
 @nox.session
 def bench(session: nox.Session) -> None:
     """Our benchmarks (no peers): figures in benchmarks/results, a table on stdout."""
-    session.install(".")
+    session.install(".[dask]")  # benchmarks/scaling.py: cache build and predict on Dask
     session.run(
         "python", "benchmarks/run_all.py", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "3"}
     )
@@ -64,7 +64,7 @@ def bench(session: nox.Session) -> None:
 @nox.session(name="bench-peers")
 def bench_peers(session: nox.Session) -> None:
     """Ours against MONAI and batchgenerators, installed only in this session's venv."""
-    session.install(".", *PEERS)
+    session.install(".[dask]", *PEERS)
     python = str(Path(session.bin) / "python")
     session.run(
         "python",

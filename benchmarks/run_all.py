@@ -30,6 +30,7 @@ BENCHMARKS: dict[str, tuple[list[str], bool]] = {
     "predict_memory": ([], True),
     "nifti_read": (["--rounds", "2", "--repeats", "2"], True),
     "epoch_data": (["--rounds", "3", "--epochs", "3"], False),
+    "scaling": (["--cases", "8", "--size", "48"], False),
 }
 
 
