@@ -9,12 +9,15 @@ TensorFlow import, the Dask cluster's start included):
   then ``local:1`` and ``local:2`` (each worker process imports TensorFlow and loads the
   model once).
 
-The ratios: ``local:2`` over ``local:1`` (what a second worker buys) and ``local:1`` over
-serial (what Dask costs). Two workers only speed up when the machine has two cores to spare:
-on 2 shared CPU cores (this project's CI and dev machine) the honest figure is the overhead,
-and the output says so.
+- training: multi-worker training steps/s of a small 3D U-Net with 1 and 2 local
+  ``miscore train`` workers at the same global batch (``scaling_training.bench_training``).
 
-    python benchmarks/scaling.py [--cases 8] [--size 48] [--rounds 1]
+The ratios: ``local:2`` over ``local:1`` (what a second worker buys), ``local:1`` over
+serial (what Dask costs), and 2 training workers' steps/s over 1's. Two workers only speed
+up when the machine has two cores to spare: on 2 shared CPU cores (this project's CI and dev
+machine) the honest figure is the overhead, and the output says so.
+
+    python benchmarks/scaling.py [--cases 8] [--size 48] [--rounds 1] [--no-training]
 
 Results: benchmarks/results/scaling.json. Needs ``miscore[dask]``. No peers.
 """
@@ -33,6 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, median, versions, write_result
+from scaling_training import bench_training
 
 CONFIG = """
 data: {classes: 2}
@@ -95,6 +99,7 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--size", type=int, default=48)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--no-training", action="store_true", help="skip multi-worker training")
     args = parser.parse_args()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     result: dict[str, Any] = {
@@ -117,6 +122,16 @@ def main() -> int:
                 "speedup_2_over_1_workers": round(seconds["local:1"] / seconds["local:2"], 2),
                 "dask_over_serial": round(seconds["local:1"] / seconds["serial"], 2),
             }
+    if not args.no_training:
+        runs = {
+            n: bench_training(n, epochs=3, steps=6, batch=4, patch=16, filters=4) for n in (1, 2)
+        }
+        result["training"] = {
+            "runs": list(runs.values()),
+            "steps_per_s_2_over_1_workers": round(
+                runs[2]["steps_per_s"] / runs[1]["steps_per_s"], 2
+            ),
+        }
     note = (
         f"{cores} CPU cores: two workers share them with each other (and with anything else "
         "running), so the figures measure Dask's overhead (cluster start, one plugin load and, "
@@ -137,6 +152,12 @@ def main() -> int:
             f"| {name} | {s['serial']} | {s['local:1']} | {s['local:2']} | "
             f"{entry['speedup_2_over_1_workers']}x | {entry['dask_over_serial']}x |"
         )
+    if "training" in result:
+        t = result["training"]
+        speeds = ", ".join(
+            f"{r['workers']} worker(s) {r['steps_per_s']} steps/s" for r in t["runs"]
+        )
+        print(f"training: {speeds}; 2 over 1: {t['steps_per_s_2_over_1_workers']}x")
     return 0
 
 

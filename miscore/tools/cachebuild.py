@@ -291,8 +291,8 @@ def _build_in_processes(
         initializer=_worker_init,
         initargs=(spec,),
     ) as pool:
-        futures = [pool.submit(_worker_build, case_id) for case_id in ids]
         try:
+            futures = [pool.submit(_worker_build, case_id) for case_id in ids]
             for future in as_completed(futures):
                 report(future.result())
         except BrokenProcessPool:
@@ -300,3 +300,7 @@ def _build_in_processes(
                 "a cache build worker process ended abruptly (killed, or out of memory?); "
                 "--workers 1 builds in this process"
             ) from None
+        except BaseException:
+            # a worker that could not start, or Ctrl-C: the queued cases are not built
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SCRIPT = '''
+SCRIPT = """
 import miscore
 from miscore import Subfunction
 
@@ -37,7 +37,7 @@ pipeline = miscore.Pipeline(preprocessing=[Scale()])
 steps = build_steps(pipeline.config.preprocessing, pipeline.plugins.registry)
 fingerprint = pipeline_fingerprint(steps, pipeline.plugins, training=True)
 print(json.dumps(fingerprint, sort_keys=True))
-'''
+"""
 
 
 def run(script: Path, factor: float) -> dict[str, Any]:
