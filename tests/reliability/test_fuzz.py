@@ -220,6 +220,26 @@ def test_dicom_random_bytes_after_dicm(
     _read_or_documented_error(_reader(installed_plugins, "dicom"), path)
 
 
+@FUZZ
+@given(edits=EDITS, cut=st.integers(0, 2000))
+def test_dicom_file_bytes_without_preamble_or_suffix(
+    installed_plugins: miscore.PluginManager,
+    tmp_path: Path,
+    dicom_seed: bytes,
+    edits: list[tuple[int, int]],
+    cut: int,
+) -> None:
+    """Files without the 128-byte preamble and ``DICM`` (read by a forced parse when they
+    start like a data set) and without a ``.dcm`` suffix: a file, and a folder of it."""
+    data = _mutate(dicom_seed[132:], 0, edits)
+    (tmp_path / "series").mkdir(exist_ok=True)
+    path = tmp_path / "series" / "IM0001"
+    path.write_bytes(data[: len(data) - cut])
+    reader = _reader(installed_plugins, "dicom")
+    _read_or_documented_error(reader, path)
+    _read_or_documented_error(reader, path.parent)
+
+
 # --- the config loader ----------------------------------------------------------------------
 
 SCALARS = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
