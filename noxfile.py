@@ -91,6 +91,21 @@ def accuracy(session: nox.Session) -> None:
 
 
 @nox.session
+def distributed(session: nox.Session) -> None:
+    """The tests that start a Dask cluster or several TensorFlow workers (two-worker training,
+    LocalCluster cache build and prediction): minutes, so outside the default suite."""
+    session.install(".[dev]")
+    session.run(
+        "pytest",
+        "tests/distributed",
+        "-m",
+        "distributed",
+        *session.posargs,
+        env={"TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+
+
+@nox.session
 def fuzz(session: nox.Session) -> None:
     """The reliability tests with long fuzzing runs (MISCORE_FUZZ_EXAMPLES per reader)."""
     session.install(".[dev]")

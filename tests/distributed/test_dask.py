@@ -108,6 +108,7 @@ def assert_same_entries(a: Path, b: Path) -> None:
             np.testing.assert_array_equal(array, second[key][name], err_msg=f"{key}/{name}")
 
 
+@pytest.mark.distributed
 def test_cache_build_on_a_local_cluster_gives_the_serial_entries(root: Path) -> None:
     result = run_cli(
         "cache", "build", "config.yaml", "--data", "data", "--cache", "dask",
@@ -119,6 +120,7 @@ def test_cache_build_on_a_local_cluster_gives_the_serial_entries(root: Path) -> 
     assert_same_entries(root / "serial", root / "dask")
 
 
+@pytest.mark.distributed
 def test_cache_build_from_the_python_api_on_a_running_scheduler(root: Path, tmp_path: Path) -> None:
     """``tcp://``: a scheduler and a worker started as a cluster's nodes start them."""
     address_file = tmp_path / "scheduler.json"
@@ -161,6 +163,7 @@ def test_cache_build_from_the_python_api_on_a_running_scheduler(root: Path, tmp_
     assert_same_entries(root / "serial", root / "api")
 
 
+@pytest.mark.distributed
 def test_a_failing_case_is_retried_once_and_one_that_keeps_failing_is_named(
     root: Path, tmp_path: Path
 ) -> None:
@@ -225,6 +228,7 @@ def labels(path: Path) -> tuple[np.ndarray, np.ndarray, np.dtype[Any]]:
     return np.asarray(image.dataobj), image.affine, image.get_data_dtype()
 
 
+@pytest.mark.distributed
 def test_predict_on_a_local_cluster_writes_the_serial_label_files(
     predicted: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -238,6 +242,7 @@ def test_predict_on_a_local_cluster_writes_the_serial_label_files(
         np.testing.assert_array_equal(on_dask[0], serial[0])
 
 
+@pytest.mark.distributed
 def test_a_damaged_input_is_named_the_others_finish_and_nothing_is_half_written(
     predicted: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:
@@ -251,6 +256,7 @@ def test_a_damaged_input_is_named_the_others_finish_and_nothing_is_half_written(
     assert written == ["case_000.nii.gz", "case_002.nii.gz", "case_003.nii.gz"]
 
 
+@pytest.mark.distributed
 def test_predict_from_the_python_api_on_a_local_cluster(
     predicted: tuple[Path, subprocess.CompletedProcess[str]],
 ) -> None:

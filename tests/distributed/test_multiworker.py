@@ -110,6 +110,7 @@ def largest_difference(a: list[np.ndarray], b: list[np.ndarray]) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.distributed
 def test_two_workers_train_the_single_process_model_and_resume(tmp_path: Path) -> None:
     result = run_cli("synth", tmp_path / "data", "--cases", "3", "--shape", "32", "32", "32",
                      "--classes", "2", "--seed", "1")  # fmt: skip
