@@ -52,7 +52,7 @@ from miscore.core.errors import (
 from miscore.core.hookspecs import hookimpl
 from miscore.core.labels import as_label_volume, label_dtype
 from miscore.core.plugins import PluginManager
-from miscore.core.registry import Registry
+from miscore.core.registry import ModelEntry, Registry
 from miscore.core.spatial import SpatialTransform
 from miscore.core.version import PLUGIN_API_VERSION, __version__
 from miscore.core.volume import Case, CaseSource, Volume, check_case_id
@@ -88,6 +88,7 @@ __all__ = [
     "Metric",
     "MiscoreError",
     "Model",
+    "ModelEntry",
     "Params",
     "PatchingConfig",
     "Pipeline",

@@ -51,6 +51,8 @@ def plugins(
             for s in registry.shadowed
             if s.plugin == info.name
         ]
+        if info.models:
+            lines.append(f"models: {', '.join(sorted(info.models))}")
         if info.commands:
             lines.append(f"commands: {', '.join(info.commands)}")
         # cache keys use the source hash of local plugins and editable installs

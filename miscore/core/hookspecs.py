@@ -42,7 +42,7 @@ if TYPE_CHECKING:
         Subfunction,
     )
     from miscore.core.config import Config
-    from miscore.core.registry import Registry
+    from miscore.core.registry import ModelEntry, Registry
     from miscore.core.volume import Volume
 
 hookspec = pluggy.HookspecMarker("miscore")
@@ -243,6 +243,35 @@ def miscore_register_output_formats() -> dict[str, dict[str, Any]]:
         @miscore.hookimpl
         def miscore_register_output_formats():
             return {"dicom-seg": {"name": "dicom", "output": "dicom-seg"}}
+    """
+
+
+@hookspec
+def miscore_register_models() -> list[ModelEntry | tuple[str, Path]]:
+    """Register trained models that the plugin's package ships, by name.
+
+    Called when the registry is built. Return ``miscore.ModelEntry(name, path, card)`` items
+    (or ``(name, path)`` tuples): ``path`` is a model folder written by ``miscore train`` or a
+    ``.miscore`` package inside the installed package (weights travel in the wheel; nothing
+    is downloaded at run time), ``card`` what ``miscore models`` shows (``task``, ``classes``,
+    ``licence``...). ``miscore predict NAME`` and ``miscore.load_model(NAME)`` then find it;
+    an existing path of the same name wins over a registered name. A path that does not exist
+    is the plugin's failure (shown by ``miscore models`` and ``miscore plugins``); a name two
+    plugins register goes to the plugin called first (see "Name clashes" in the guide).
+
+    Example::
+
+        from importlib.resources import files
+
+        @miscore.hookimpl
+        def miscore_register_models():
+            return [
+                miscore.ModelEntry(
+                    "liver-ct",
+                    files(__package__) / "liver-ct.miscore",
+                    card={"task": "liver segmentation in CT", "licence": "CC-BY-4.0"},
+                )
+            ]
     """
 
 

@@ -55,9 +55,11 @@ from miscore.core.isolation import HookCall, HookMonitor, RegisteredPlugin, isol
 from miscore.core.registry import (
     ComponentInfo,
     PluginFailure,
+    RegisteredModel,
     Registry,
     ShadowedComponent,
     check_component_class,
+    check_model_entry,
 )
 from miscore.core.version import PLUGIN_API_VERSION, __version__
 
@@ -81,6 +83,7 @@ ISOLATED_HOOKS: frozenset[str] = frozenset(
         "miscore_defaults",
         "miscore_register_output_formats",
         "miscore_register_commands",
+        "miscore_register_models",
     }
 )
 
@@ -96,6 +99,8 @@ class PluginInfo:
     components: dict[str, list[str]] = field(default_factory=dict)
     #: the CLI commands (and command groups) its ``miscore_register_commands`` added
     commands: list[str] = field(default_factory=list)
+    #: the trained models its ``miscore_register_models`` ships (names that won a clash)
+    models: list[str] = field(default_factory=list)
     #: the installed distribution that provides an entry-point plugin: "name version"
     distribution: str | None = None
     #: SHA-256 (12 hex) of the plugin's ``.py`` files when its code may change without its
@@ -474,6 +479,7 @@ class PluginManager:
         shadowed: list[ShadowedComponent] = []
         for info in self._info.values():
             info.components = {}
+            info.models = []
         for kind, hook_name in REGISTRATION_HOOKS.items():
             returned, call = self._call_isolated(hook_name)
             failures.extend(call.failures)
@@ -509,11 +515,51 @@ class PluginManager:
                         owner_info.components.setdefault(kind, []).append(cls.name)
         defaults = self._merged("miscore_defaults", failures)
         formats = self._merged("miscore_register_output_formats", failures)
+        models = self._models(failures, shadowed)
         failures.extend(self._monitor.unclaimed)
         failures = [self._with_distribution(f) for f in failures]
         return Registry(
-            components, failures, defaults=defaults, output_formats=formats, shadowed=shadowed
+            components,
+            failures,
+            defaults=defaults,
+            output_formats=formats,
+            shadowed=shadowed,
+            models=models,
         )
+
+    def _models(
+        self, failures: list[PluginFailure], shadowed: list[ShadowedComponent]
+    ) -> list[RegisteredModel]:
+        """The trained models of ``miscore_register_models``: a wrong entry (bad name, a path
+        that does not exist) is the plugin's failure; a name clash goes as components' do."""
+        hook_name = "miscore_register_models"
+        returned, call = self._call_isolated(hook_name)
+        failures.extend(call.failures)
+        winners: dict[str, RegisteredModel] = {}
+        for plugin_name, value in returned:  # pluggy's call order: the first one wins
+            if not isinstance(value, list | tuple):
+                message = f"TypeError: returned {value!r}, not a list of models"
+                failures.append(PluginFailure(plugin_name, hook_name, message))
+                continue
+            owner_info = self._info.get(plugin_name)
+            for item in value:
+                try:
+                    name, path, card = check_model_entry(item)
+                except (TypeError, ValueError) as exc:
+                    message = f"{type(exc).__name__}: {exc}"
+                    failures.append(PluginFailure(plugin_name, hook_name, message))
+                    continue
+                winner = winners.get(name)
+                if winner is not None:
+                    if winner.plugin != plugin_name:
+                        clash = ShadowedComponent("model", name, plugin_name, winner.plugin)
+                        shadowed.append(clash)
+                    continue
+                version = owner_info.version if owner_info else "unknown"
+                winners[name] = RegisteredModel(name, path, plugin_name, version, card)
+                if owner_info is not None:
+                    owner_info.models.append(name)
+        return list(winners.values())
 
     def _with_distribution(self, failure: PluginFailure) -> PluginFailure:
         """``failure`` naming the distribution of its plugin, when an entry point's."""

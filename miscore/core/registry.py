@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import difflib
+import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -24,6 +26,9 @@ from miscore.core.components import (
     Subfunction,
 )
 from miscore.core.errors import ComponentNotFoundError, ConfigError, InputError
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 C = TypeVar("C", bound=Component)
 
@@ -108,6 +113,76 @@ class ShadowedComponent:
         )
 
 
+#: what a registered model may be called: never a path (no slash), so a name and a file differ
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A trained model a plugin ships inside its package (``miscore_register_models``).
+
+    Args:
+        name: what users type: ``miscore predict NAME ...``, ``miscore.load_model(NAME)``;
+            letters, digits and ``._-``.
+        path: a model folder written by ``miscore train`` or a ``.miscore`` package, inside the
+            installed plugin package: ``importlib.resources.files(__package__) / "model"``.
+        card: what ``miscore models`` shows beside what the model itself records: ``task``,
+            ``classes``, ``licence``, ``description``, ``url``... (JSON values).
+    """
+
+    name: str
+    path: str | os.PathLike[str] | Traversable
+    card: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A model a plugin registered: its name, its checked path, who ships it, its card."""
+
+    name: str
+    path: Path
+    plugin: str
+    version: str
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def check_model_entry(value: object) -> tuple[str, Path, dict[str, Any]]:
+    """Validate what a ``miscore_register_models`` implementation returned for one model.
+
+    Takes a ``ModelEntry`` or a ``(name, path)`` / ``(name, path, card)`` tuple and returns
+    its name, its path (existing, absolute) and its card; raises ``TypeError`` or
+    ``ValueError`` saying what is wrong.
+    """
+    if isinstance(value, tuple) and len(value) in (2, 3):
+        value = ModelEntry(*value)
+    if not isinstance(value, ModelEntry):
+        raise TypeError(f"returned {value!r}; give miscore.ModelEntry or (name, path) tuples")
+    name = value.name
+    if not (isinstance(name, str) and MODEL_NAME.fullmatch(name)):
+        raise ValueError(f"model name {name!r}: use letters, digits and '._-' (no '/')")
+    raw = value.path
+    if isinstance(raw, str | os.PathLike):
+        path = Path(os.fspath(raw))
+    else:  # a Traversable that is not a file system path: a zipped install
+        raise TypeError(
+            f"model {name!r}: {raw!r} is not on the file system; ship the plugin as a regular "
+            "(unzipped) package"
+        )
+    if not path.is_absolute():
+        raise ValueError(
+            f"model {name!r}: {path} is a relative path; give an absolute one, e.g. "
+            "importlib.resources.files(__package__) / 'model'"
+        )
+    if not path.exists():
+        raise ValueError(f"model {name!r}: {path} does not exist (not shipped in the package?)")
+    card = value.card
+    if card is not None and not (
+        isinstance(card, Mapping) and all(isinstance(k, str) for k in card)
+    ):
+        raise TypeError(f"model {name!r}: card {card!r} is not a mapping of names to values")
+    return name, path, dict(card or {})
+
+
 def format_location(loc: Sequence[int | str]) -> str:
     """``('preprocessing', 1, 'min')`` -> ``preprocessing[1].min``."""
     out = ""
@@ -140,6 +215,7 @@ class Registry:
         defaults: Mapping[str, Any] | None = None,
         output_formats: Mapping[str, Mapping[str, Any]] | None = None,
         shadowed: Sequence[ShadowedComponent] = (),
+        models: Iterable[RegisteredModel] = (),
     ) -> None:
         self._by_kind: dict[str, dict[str, ComponentInfo]] = {kind: {} for kind in KINDS}
         for info in components:
@@ -153,6 +229,8 @@ class Registry:
         self.output_formats: dict[str, dict[str, Any]] = {
             k: dict(v) for k, v in (output_formats or {}).items()
         }
+        #: trained models the plugins ship (``miscore_register_models``), by name
+        self._models: dict[str, RegisteredModel] = {m.name: m for m in models}
 
     # --- lookups ------------------------------------------------------------------------
 
@@ -206,6 +284,21 @@ class Registry:
 
     def get_evaluator(self, name: str) -> type[Evaluator]:
         return self.get_typed(Evaluator, name)
+
+    # --- trained models plugins ship ----------------------------------------------------
+
+    def models(self) -> list[RegisteredModel]:
+        """The models the plugins registered, sorted by name."""
+        return [self._models[name] for name in sorted(self._models)]
+
+    def model(self, name: str) -> RegisteredModel:
+        """The model a plugin registered as ``name``; ``ComponentNotFoundError`` naming the
+        registered models (and the closest one) when there is none."""
+        if name in self._models:
+            return self._models[name]
+        raise ComponentNotFoundError(
+            self._missing_message("model", name, sorted(self._models), "miscore_register_models")
+        )
 
     # --- creation -----------------------------------------------------------------------
 
@@ -295,15 +388,18 @@ class Registry:
             raise ValueError(f"unknown component kind {kind!r}; kinds are {', '.join(KINDS)}")
         return self._by_kind[kind]
 
-    def _missing_message(self, kind: str, name: str) -> str:
+    def _missing_message(
+        self, kind: str, name: str, installed: list[str] | None = None, hook: str | None = None
+    ) -> str:
         """No such component: the plugins that failed come first (the name may well be one
-        of theirs), then the closest installed name as a guess, then the installed names."""
-        installed = self.names(kind)
+        of theirs), then the closest installed name as a guess, then the installed names.
+        ``installed`` and ``hook`` default to those of component ``kind``."""
+        if installed is None:
+            installed = self.names(kind)
+        hook = hook or REGISTRATION_HOOKS[kind]
         message = f"no {kind} named {name!r}"
         close = difflib.get_close_matches(name, installed, n=1, cutoff=0.5)
-        relevant = [
-            f for f in self.failures if f.did_not_load or f.stage == REGISTRATION_HOOKS[kind]
-        ]
+        relevant = [f for f in self.failures if f.did_not_load or f.stage == hook]
         if relevant:
             message += "; " + "; ".join(str(f) for f in relevant)
             message += "; run `miscore plugins` for details"
