@@ -201,6 +201,14 @@ class TrainingConfig(Section):
     devices: list[str] | None = Field(
         None, description="devices for MirroredStrategy, e.g. ['/gpu:0', '/gpu:1']"
     )
+    init_from: str | None = Field(
+        None,
+        min_length=1,
+        description="fine-tune: start from the weights of this trained model (a model folder, "
+        "a .miscore package or an installed model's name); layers are matched by name and "
+        "shape, the others (e.g. the output layer when the classes differ) start fresh; its "
+        "preprocessing is reused when this config gives none. None: a new model",
+    )
 
     @field_serializer("lr_schedule")
     def _name_when_plain(self, spec: ComponentSpec | None) -> str | dict[str, Any] | None:

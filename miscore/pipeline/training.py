@@ -32,6 +32,7 @@ import numpy as np
 from miscore.core.atomic import atomic_output, write_text_atomic
 from miscore.core.config import Config
 from miscore.core.errors import ConfigError, InputError, MiscoreError, PipelineError
+from miscore.pipeline.finetune import inherit_preprocessing, init_from_source, write_report
 from miscore.pipeline.modecheck import INFERENCE_COLUMN, TRAINING_COLUMN, degenerate_warning
 from miscore.pipeline.modeldir import (
     ComponentRecord,
@@ -574,7 +575,7 @@ def start_model(
 ) -> FitStart:
     """The compiled model to fit: the last checkpoint (of ``source``, else ``folder``) with
     its optimizer state when resuming one, else a new one of ``model.architecture``
-    (refused in a used folder)."""
+    (refused in a used folder), started from ``training.init_from``'s weights when set."""
     read = source or folder
     if resume and read.state_file.is_file():
         state = json.loads(read.state_file.read_text(encoding="utf-8"))
@@ -597,6 +598,8 @@ def start_model(
     )
     with scope, precision_policy(config):
         model = architecture.build(info.input_shape, info.n_classes)
+        if config.training.init_from is not None:
+            write_report(folder.path, init_from_source(model, config, plugins, log))
         compile_model(model, config, plugins, info.n_classes, total_steps)
     return FitStart(model)
 
@@ -851,6 +854,7 @@ def train(
         refuse_used_folder(ModelDir(out))  # before the cache is built, not after
     plugins = plugins or PluginManager(local_plugins=local_plugins)
     registry = plugins.registry
+    config = inherit_preprocessing(config, log)  # before the defaults: it asks what was given
     config = apply_defaults(config, registry)
     components = check_components(config, registry)
     plugins.configure(config)
