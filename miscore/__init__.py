@@ -11,7 +11,7 @@ Importing ``miscore`` is light: TensorFlow loads only where a model is built or 
 
 from __future__ import annotations
 
-from miscore.api import Model, Pipeline, load_model, open_dataset, synthesize
+from miscore.api import Model, Pipeline, export_model, load_model, open_dataset, synthesize
 from miscore.core.atomic import atomic_output
 from miscore.core.components import (
     Architecture,
@@ -60,6 +60,7 @@ from miscore.data.dataset import Dataset, DatasetFinder
 from miscore.pipeline.augmenting import apply_spatial_transforms
 from miscore.pipeline.crossval import cross_validate
 from miscore.pipeline.evaluate import read_folds_file
+from miscore.pipeline.package import ModelCard, ModelSource, resolve_model
 from miscore.pipeline.patching import centred_window, is_blank, pick_foreground, random_window
 
 __all__ = [
@@ -88,7 +89,9 @@ __all__ = [
     "Metric",
     "MiscoreError",
     "Model",
+    "ModelCard",
     "ModelEntry",
+    "ModelSource",
     "Params",
     "PatchingConfig",
     "Pipeline",
@@ -110,6 +113,7 @@ __all__ = [
     "check_case_id",
     "check_components",
     "cross_validate",
+    "export_model",
     "hookimpl",
     "is_blank",
     "label_dtype",
@@ -120,5 +124,6 @@ __all__ = [
     "pick_foreground",
     "random_window",
     "read_folds_file",
+    "resolve_model",
     "synthesize",
 ]

@@ -317,8 +317,11 @@ class Pipeline:
 class Model:
     """A trained model: predict files, folders, datasets or Volumes."""
 
-    def __init__(self, predictor: Any) -> None:
+    def __init__(self, predictor: Any, source: Any = None) -> None:
         self.predictor = predictor
+        #: where it was loaded from (a ``ModelSource``: a package's private folder lives
+        #: as long as this model)
+        self.source = source
 
     @property
     def config(self) -> Config:
@@ -380,9 +383,51 @@ class Model:
         label, _ = self.predictor.predict_case(case, **options)
         return label
 
+    def export(self, out: Path | str, **card: Any) -> Path:
+        """Write this model as one ``.miscore`` package (see ``export_model``); a model
+        loaded from a package keeps that package's card unless ``card`` says otherwise."""
+        manifest = getattr(self.source, "manifest", None)
+        if manifest is not None:
+            from miscore.pipeline.package import CardText
 
-def load_model(model_dir: Path | str, plugins: PluginManager | None = None) -> Model:
-    """A model folder written by ``miscore train`` (loaded with Keras safe mode)."""
+            written = manifest.card.model_dump(include=set(CardText.model_fields))
+            card = {**written, **card}
+        return export_model(self.predictor.model_dir, out, **card)
+
+
+def load_model(model: Path | str, plugins: PluginManager | None = None) -> Model:
+    """A model folder written by ``miscore train``, a cross-validation folder written by
+    ``miscore cv`` or a ``.miscore`` package (checked, unpacked into a private temporary
+    folder); loaded with Keras safe mode."""
     from miscore.pipeline.inference import load_model as load_predictor
+    from miscore.pipeline.package import resolve_model
 
-    return Model(load_predictor(model_dir, plugins))
+    plugins = plugins or PluginManager()
+    source = resolve_model(model, plugins)
+    try:
+        return Model(load_predictor(source.path, plugins), source)
+    except BaseException:
+        source.close()
+        raise
+
+
+def export_model(model_dir: Path | str, out: Path | str, **card: Any) -> Path:
+    """Write a model (or cross-validation) folder as one ``.miscore`` package.
+
+    Args:
+        card: the model card's written fields: ``name``, ``task``, ``description``,
+            ``intended_input``, ``training_data``, ``license``, ``authors``, ``references``.
+            The classes, shapes, spacing and cross-validation metrics come from the folder.
+    """
+    from pydantic import ValidationError
+
+    from miscore.pipeline.package import CardText, export_package
+
+    try:
+        text = CardText.model_validate(card)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        raise ConfigError(
+            f"export_model: card field {problem['loc'][0]}: {problem['msg']}"
+        ) from None
+    return export_package(model_dir, out, text)

@@ -26,6 +26,7 @@ from miscore.cli import (
     cv_cmd,
     demo_cmd,
     evaluate_cmd,
+    export_cmd,
     info_cmd,
     plan_cmd,
     plugins_cmd,
@@ -96,6 +97,8 @@ def build_app(manager: PluginManager) -> typer.Typer:
     app.command("plan")(plan_cmd.plan)
     app.command("train")(train_cmd.train)
     app.command("predict")(train_cmd.predict)
+    app.command("export")(export_cmd.export)
+    app.command("import")(export_cmd.import_)
     app.command("cv")(cv_cmd.cv)
     app.command("demo")(demo_cmd.demo)
     app.command("bench")(bench_cmd.bench)

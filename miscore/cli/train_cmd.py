@@ -7,7 +7,8 @@ from typing import Annotated, Literal
 
 import typer
 
-from miscore.cli.state import import_tensorflow_quietly, state
+from miscore.cli.state import CliState, import_tensorflow_quietly, state
+from miscore.core.errors import InputError
 
 
 def train(
@@ -84,7 +85,13 @@ def train(
 
 def predict(
     ctx: typer.Context,
-    model_dir: Annotated[Path, typer.Argument(help="A model folder written by miscore train.")],
+    model_dir: Annotated[
+        Path,
+        typer.Argument(
+            help="A model folder (miscore train), a cv folder (miscore cv) or a .miscore "
+            "package (miscore export)."
+        ),
+    ],
     inputs: Annotated[
         list[Path], typer.Argument(help="Image files, series folders or dataset folders.")
     ],
@@ -121,12 +128,37 @@ def predict(
     ] = None,
 ) -> None:
     """Predict label maps with a trained model; each is written with its input's geometry."""
+    from miscore.pipeline.package import resolve_model
+
     cli = state(ctx)
+    with resolve_model(model_dir, cli.plugins) as source:
+        _predict(cli, source.path, source.package, inputs, out, overlap, blend, tta,
+                 probabilities, fmt, scheduler)  # fmt: skip
+
+
+def _predict(
+    cli: CliState,
+    model_dir: Path,
+    package: Path | None,
+    inputs: list[Path],
+    out: Path,
+    overlap: float | None,
+    blend: Literal["mean", "gaussian"] | None,
+    tta: bool | None,
+    probabilities: bool,
+    fmt: str | None,
+    scheduler: str | None,
+) -> None:
     if scheduler is not None:
         # the workers load the model; this process never imports TensorFlow
         from miscore.tools.scaleout import import_distributed, parse_scheduler, predict_on_dask
 
         parse_scheduler(scheduler)
+        if package is not None and not scheduler.startswith("local:"):
+            raise InputError(
+                f"{package}: a package unpacks into a folder of this machine only; for a "
+                "cluster, `miscore import` it into a shared folder and predict from that"
+            )
         import_distributed()
         written = predict_on_dask(
             model_dir,
