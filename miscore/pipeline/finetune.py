@@ -13,15 +13,17 @@ without that number plus its rank among the model's layers of that name: the ``k
 ``conv3d`` of the one model takes the weights of the ``k``-th ``conv3d`` of the other. Layers
 named by the architecture (``image``, ``segmentation``) match as they are.
 
-The trained model is loaded in Keras safe mode (no pickle, no code), as ``miscore predict``
-loads it. Its preprocessing entries are the new config's when the config gives none, so the new
-model sees its inputs normalised as the old one did.
+``init_from`` is resolved as ``miscore predict`` resolves its model (``package.resolve_model``:
+a model folder or a checked ``.miscore`` package), and the trained model is loaded in Keras
+safe mode (no pickle, no code). Its preprocessing entries are the new config's when the
+config gives none, so the new model sees its inputs normalised as the old one did.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from miscore.core.atomic import write_text_atomic
 from miscore.core.config import Config
-from miscore.core.errors import ConfigError
+from miscore.core.errors import ConfigError, MiscoreError
 from miscore.pipeline.modeldir import (
     ModelDir,
     check_plugins,
@@ -37,6 +39,7 @@ from miscore.pipeline.modeldir import (
     ensemble_members,
     load_keras_model,
 )
+from miscore.pipeline.package import resolve_model
 
 if TYPE_CHECKING:
     import keras
@@ -61,8 +64,8 @@ class InitReport(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    source: str = Field(description="the model folder the weights came from")
     init_from: str = Field(description="training.init_from as the config gave it")
+    source: str = Field(description="the model folder or package, as an absolute path")
     layers: int = Field(description="layers of the new model that have weights")
     loaded: list[str] = Field(description="layers that took the trained model's weights")
     skipped: list[SkippedLayer] = Field(description="layers left at their initialisation")
@@ -75,27 +78,33 @@ class InitReport(BaseModel):
         return f"init_from {self.init_from}: {len(self.loaded)} of {self.layers} layers loaded"
 
 
-def source_folder(init_from: str) -> ModelDir:
-    """The model folder ``training.init_from`` names (a path to a model folder)."""
-    path = Path(init_from).expanduser()
-    if ensemble_members(path) is not None:
-        raise ConfigError(
-            f"training.init_from: {init_from} is a cross-validation folder; name one of its "
-            "fold model folders"
-        )
-    if not path.is_dir():
-        raise ConfigError(f"training.init_from: {init_from}: no such model folder")
-    return ModelDir(path)
+@contextlib.contextmanager
+def source_folder(init_from: str, plugins: PluginManager | None) -> Iterator[ModelDir]:
+    """The model folder ``training.init_from`` names: a model folder, or a ``.miscore``
+    package checked and unpacked for the time of the ``with`` (``package.resolve_model``)."""
+    try:
+        source = resolve_model(Path(init_from).expanduser(), plugins)
+    except MiscoreError as exc:
+        raise type(exc)(f"training.init_from: {exc}") from None
+    with source:
+        if ensemble_members(source.path) is not None:
+            raise ConfigError(
+                f"training.init_from: {init_from} is a cross-validation model; name one of its "
+                "fold model folders"
+            )
+        yield ModelDir(source.path)
 
 
-def inherit_preprocessing(config: Config, log: Callable[[str], None]) -> Config:
+def inherit_preprocessing(
+    config: Config, log: Callable[[str], None], plugins: PluginManager | None = None
+) -> Config:
     """``config`` with the trained model's preprocessing entries when it sets
     ``training.init_from`` and gives no ``preprocessing`` of its own; else ``config``."""
     init_from = config.training.init_from
     if init_from is None or "preprocessing" in config.model_fields_set:
         return config
-    source = source_folder(init_from)
-    entries = source.config().preprocessing
+    with source_folder(init_from, plugins) as source:
+        entries = source.config().preprocessing
     log(
         f"init_from {init_from}: preprocessing taken from it "
         f"({', '.join(e.name for e in entries) or 'none'}); give preprocessing in the "
@@ -174,13 +183,13 @@ def init_from_source(
     init_from = config.training.init_from
     if init_from is None:
         raise ValueError("init_from_source needs training.init_from")
-    source = source_folder(init_from)
-    trained, source_config = load_source(source, plugins)
-    loaded, skipped, unused = transfer_weights(model, trained)
-    del trained
+    with source_folder(init_from, plugins) as source:
+        trained, source_config = load_source(source, plugins)
+        loaded, skipped, unused = transfer_weights(model, trained)
+        del trained
     report = InitReport(
-        source=str(source.path),
         init_from=init_from,
+        source=str(Path(init_from).expanduser().resolve()),
         layers=len(loaded) + len(skipped),
         loaded=loaded,
         skipped=skipped,

@@ -854,7 +854,7 @@ def train(
         refuse_used_folder(ModelDir(out))  # before the cache is built, not after
     plugins = plugins or PluginManager(local_plugins=local_plugins)
     registry = plugins.registry
-    config = inherit_preprocessing(config, log)  # before the defaults: it asks what was given
+    config = inherit_preprocessing(config, log, plugins)  # before the defaults fill it
     config = apply_defaults(config, registry)
     components = check_components(config, registry)
     plugins.configure(config)

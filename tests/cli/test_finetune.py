@@ -82,12 +82,13 @@ def test_fine_tuning_beats_training_from_scratch_with_the_same_steps(pretrained:
     assert [p.name for p in stored.preprocessing] == ["clip", "zscore"]
 
 
-def test_more_classes_start_a_new_output_layer(pretrained: Path) -> None:
+def test_more_classes_start_a_new_output_layer_from_a_package(pretrained: Path) -> None:
     lines: list[str] = []
-    # a rate so low that the one step leaves the loaded weights as they were loaded
     source = pretrained / "pretrained"
+    package = miscore.export_model(source, pretrained / "pretrained.miscore")
+    # a rate so low that the one step leaves the loaded weights as they were loaded
     data = config(
-        pretrained, epochs=1, steps_per_epoch=1, learning_rate=1e-9, init_from=str(source)
+        pretrained, epochs=1, steps_per_epoch=1, learning_rate=1e-9, init_from=str(package)
     )
     data["data"]["classes"] = 3
     model = miscore.Pipeline(data).train(
@@ -100,6 +101,7 @@ def test_more_classes_start_a_new_output_layer(pretrained: Path) -> None:
     assert skipped["name"] == output.name
     assert "shape differs" in skipped["reason"] and "x2" in skipped["reason"]
     assert len(report["loaded"]) == report["layers"] - 1
+    assert report["same_preprocessing"] is True  # taken from the package
     assert f"skipped {output.name}: shape differs" in "\n".join(lines)
     assert model.keras_model.output_shape[-1] == 3
     assert (pretrained / "three" / "history.tsv").read_text().count("\n") == 2  # one epoch
@@ -115,5 +117,5 @@ def test_more_classes_start_a_new_output_layer(pretrained: Path) -> None:
 
 def test_init_from_a_missing_folder_is_refused(tmp_path: Path, pretrained: Path) -> None:
     data = config(tmp_path, init_from=str(tmp_path / "nothing"))
-    with pytest.raises(miscore.ConfigError, match=r"training.init_from: .*nothing: no such model"):
+    with pytest.raises(miscore.InputError, match=r"training.init_from: .*nothing: no such model"):
         miscore.Pipeline(data).train(pretrained / "few", tmp_path / "out", log=lambda _: None)
