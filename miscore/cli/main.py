@@ -28,6 +28,7 @@ from miscore.cli import (
     evaluate_cmd,
     export_cmd,
     info_cmd,
+    models_cmd,
     plan_cmd,
     plugins_cmd,
     synth_cmd,
@@ -88,6 +89,7 @@ def build_app(manager: PluginManager) -> typer.Typer:
     )
     app.callback()(_root)
     app.command("plugins")(plugins_cmd.plugins)
+    app.command("models")(models_cmd.models)
     app.command("info")(info_cmd.info)
     app.command("synth")(synth_cmd.synth)
     app.add_typer(config_cmd.app, name="config")

@@ -42,7 +42,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from miscore.core.atomic import atomic_output
-from miscore.core.errors import InputError
+from miscore.core.errors import ComponentNotFoundError, InputError
+from miscore.core.registry import MODEL_NAME
 from miscore.core.version import __version__
 from miscore.pipeline.evaluate import MetricSummary
 from miscore.pipeline.modeldir import (
@@ -171,18 +172,36 @@ class ModelSource:
 
 
 def resolve_model(spec: Path | str, plugins: PluginManager | None = None) -> ModelSource:
-    """A model folder, a cross-validation folder or a ``.miscore`` package -> the folder to
-    load. A package is checked and unpacked into a private temporary folder.
+    """A model folder, a cross-validation folder, a ``.miscore`` package or the name of a
+    model an installed plugin ships -> the folder to load. A package is checked and unpacked
+    into a private temporary folder. An existing path wins over a registered name.
 
     Args:
-        plugins: for models that installed plugins register by name.
+        plugins: where registered model names are looked up (``miscore_register_models``);
+            by default the installed plugins.
     """
     path = Path(spec)
     if path.is_dir():
         return ModelSource(path, str(spec))
     if path.is_file():
         return unpack_package(path, spec=str(spec))
-    raise InputError(f"{spec}: no such model folder or {SUFFIX} package")
+    name = str(spec)
+    if not MODEL_NAME.fullmatch(name) or name.endswith(SUFFIX):  # a path, not a name
+        raise InputError(f"{spec}: no such model folder or {SUFFIX} package")
+    if plugins is None:
+        from miscore.core.plugins import PluginManager
+
+        plugins = PluginManager()
+    try:
+        registered = plugins.registry.model(name)
+    except ComponentNotFoundError as exc:
+        raise InputError(
+            f"{spec}: no such model folder or {SUFFIX} package, and {exc} (`miscore models` "
+            "lists the models installed plugins ship)"
+        ) from None
+    if registered.path.is_dir():
+        return ModelSource(registered.path, name)
+    return unpack_package(registered.path, spec=name)
 
 
 def is_package(path: Path) -> bool:
