@@ -34,6 +34,7 @@ import stat
 import tempfile
 import weakref
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -80,6 +81,12 @@ MODEL_FILES = (MODEL_FILE, CONFIG_FILE, INFO_FILE, FINGERPRINT_FILE, HISTORY_FIL
 #: a cross-validation folder's own files a package carries besides its fold models
 CROSSVAL_FILES = (CROSSVAL_FILE, "report.json", "summary.tsv", "splits.json")
 _CHUNK = 1 << 20
+#: what reading a damaged zip raises (RuntimeError: encrypted; NotImplementedError: an unknown
+#: compression method)
+_ZIP_ERRORS = (
+    zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, RuntimeError,
+    NotImplementedError,
+)  # fmt: skip
 
 
 class CardText(BaseModel):
@@ -390,8 +397,11 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile, max_bytes: int) -> Pack
     head = archive.getinfo(MANIFEST)
     if head.file_size > MAX_MANIFEST_BYTES:
         raise _damaged(path, f"{MANIFEST} declares {head.file_size} bytes")
-    with archive.open(head) as reader:
-        raw = reader.read(MAX_MANIFEST_BYTES + 1)
+    try:
+        with archive.open(head) as reader:
+            raw = reader.read(MAX_MANIFEST_BYTES + 1)
+    except _ZIP_ERRORS as exc:
+        raise _damaged(path, f"{MANIFEST} cannot be read ({exc})") from None
     try:
         data = json.loads(raw)
     except ValueError as exc:
@@ -435,10 +445,10 @@ def _open(path: Path) -> zipfile.ZipFile:
         raise InputError(f"{path}: no such package")
     try:
         return zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise _damaged(path, "not a zip archive (truncated?)") from None
     except OSError as exc:
         raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except _ZIP_ERRORS:
+        raise _damaged(path, "not a zip archive (truncated?)") from None
 
 
 def _stream(path: Path, archive: zipfile.ZipFile, member: PackageMember) -> Iterator[bytes]:
@@ -453,7 +463,7 @@ def _stream(path: Path, archive: zipfile.ZipFile, member: PackageMember) -> Iter
                     raise _damaged(path, f"{member.path} is longer than declared")
                 digest.update(chunk)
                 yield chunk
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except _ZIP_ERRORS as exc:
         raise _damaged(path, f"{member.path} cannot be read ({exc})") from None
     if size != member.size or digest.hexdigest() != member.sha256:
         raise _damaged(path, f"the checksum of {member.path} does not match")

@@ -249,3 +249,34 @@ def test_declared_sizes_over_the_cap_are_refused_before_unpacking(
     with pytest.raises(miscore.InputError, match="would unpack to"):
         extract_package(shared / "model.miscore", tmp_path / "out", max_bytes=1000)
     assert not (tmp_path / "out").exists()
+
+
+def test_random_damage_is_refused_or_harmless(tmp_path: Path) -> None:
+    """Fuzz: a package with random bytes flipped or cut off either unpacks to exactly the
+    original files or is refused with an InputError naming it; nothing else escapes."""
+    from miscore.pipeline.package import export_package, extract_package
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "config.yaml").write_text("data: {classes: 2}\n")
+    (folder / "miscore.json").write_text(json.dumps({"input_shape": [8, 8, 8, 1], "n_classes": 2}))
+    rng = np.random.default_rng(19)
+    (folder / "model.keras").write_bytes(rng.bytes(3000))
+    good = export_package(folder, tmp_path / "good.miscore").read_bytes()
+    for trial in range(150):
+        data = bytearray(good)
+        if trial % 5 == 0:
+            data = data[: int(rng.integers(0, len(data)))]
+        else:
+            for _ in range(int(rng.integers(1, 4))):
+                data[int(rng.integers(0, len(data)))] ^= int(rng.integers(1, 256))
+        package = tmp_path / f"damaged_{trial}.miscore"
+        package.write_bytes(bytes(data))
+        out = tmp_path / f"out_{trial}"
+        try:
+            extract_package(package, out)
+        except miscore.InputError as exc:
+            assert str(package) in str(exc)
+            continue
+        for name in ("config.yaml", "miscore.json", "model.keras"):
+            assert (out / name).read_bytes() == (folder / name).read_bytes(), (trial, name)
