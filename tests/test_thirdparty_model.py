@@ -1,7 +1,8 @@
 """A pip-installed plugin that ships a trained model is listed and predicts by name.
 
-The distribution (tests/thirdparty_model) registers ``example-model`` through
-``miscore_register_models``. Its weights are not in the repository: the module fixture trains
+The distribution (tests/thirdparty_model) registers, through ``miscore_register_models``,
+``example-model`` (a model folder) and ``example-package`` (the same model as a ``.miscore``
+package). Its weights are not in the repository: the module fixture trains
 a tiny model (2 phantoms of 32^3, a U-Net of 2 filters and depth 1, one epoch of two steps),
 copies the model folder into a copy of the distribution's source, and installs that with pip,
 as a user installs a model package. A committed ``.keras`` file would tie the test to the
@@ -67,6 +68,12 @@ def site(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         source / PACKAGE / "model",
         ignore=shutil.ignore_patterns("checkpoints", "curves.png", "history.tsv"),
     )
+    package = source / PACKAGE / "example.miscore"
+    result = run_cli(
+        "export", trained / "model", "--out", package,
+        "--task", "the organ, packaged", "--license", "CC-BY-4.0",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
     target = tmp_path_factory.mktemp("site")
     subprocess.run(
         [
@@ -78,6 +85,7 @@ def site(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=300,
     )  # fmt: skip
     assert (target / PACKAGE / "model" / "model.keras").is_file()
+    assert (target / PACKAGE / "example.miscore").is_file()
     return target
 
 
@@ -98,6 +106,11 @@ def test_miscore_models_lists_the_shipped_model_with_its_card(site: Path) -> Non
     assert card["license"] == "CC0-1.0"
     assert card["task"] == "organ segmentation in synthetic CT phantoms"
     assert card["classes"] == 2  # recorded by the model folder, not the plugin's card
+    packaged = {m["name"]: m for m in data["models"]}["example-package"]
+    assert Path(packaged["path"]) == site / PACKAGE / "example.miscore"
+    assert packaged["card"]["task"] == "the organ, packaged"  # the package's own card
+    assert packaged["card"]["license"] == "CC-BY-4.0"
+    assert packaged["card"]["classes"] == 2
 
     table = run_cli("models", env={**with_site(site), "COLUMNS": "200"})
     assert table.returncode == 0, table.stderr
@@ -109,7 +122,7 @@ def test_miscore_plugins_names_the_model_it_ships(site: Path) -> None:
     result = run_cli("plugins", "--json", env=with_site(site))
     assert result.returncode == 0, result.stderr
     entry = {p["name"]: p for p in json.loads(result.stdout)["plugins"]}["example_model"]
-    assert entry["models"] == ["example-model"]
+    assert entry["models"] == ["example-model", "example-package"]
     assert entry["source"] == "entry point"
 
 
@@ -150,7 +163,9 @@ def test_predict_and_load_model_by_name_give_the_labels_of_the_original_folder(
         named = miscore.load_model("example-model")
         label = named.predict({str(image)!r}).array[..., 0]
         original = miscore.load_model({str(trained / "model")!r}).predict({str(image)!r})
+        packaged = miscore.load_model("example-package").predict({str(image)!r})
         same = bool(np.array_equal(label, original.array[..., 0]))
+        same = same and bool(np.array_equal(label, packaged.array[..., 0]))
         print(json.dumps([named.config.data.classes, list(label.shape), same]))
         np.save({str(trained / "api_labels.npy")!r}, label)
     """

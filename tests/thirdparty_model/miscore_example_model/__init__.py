@@ -1,8 +1,9 @@
-"""An example plugin that ships a trained model inside its package.
+"""An example plugin that ships trained models inside its package.
 
-``miscore models`` lists it; ``miscore predict example-model INPUT --out OUT`` and
-``miscore.load_model("example-model")`` use it by name. The weights travel in the wheel
-(``model/`` beside this file); nothing is downloaded at run time.
+``miscore models`` lists them; ``miscore predict example-model INPUT --out OUT`` and
+``miscore.load_model("example-model")`` use one by name. The weights travel in the wheel,
+as a model folder (``model/`` beside this file) and as a ``.miscore`` package
+(``example.miscore``, written by ``miscore export``); nothing is downloaded at run time.
 """
 
 from __future__ import annotations
@@ -25,5 +26,7 @@ def miscore_register_models() -> list[miscore.ModelEntry]:
                 "license": "CC0-1.0",
                 "description": "a tiny 3D U-Net trained for one epoch: an example, not a tool",
             },
-        )
+        ),
+        # the package carries its own card (miscore export --task --license)
+        miscore.ModelEntry("example-package", files(__name__) / "example.miscore"),
     ]
