@@ -5,11 +5,12 @@ them calls ``pm.hook.<name>(...)`` with keyword arguments, so ``tryfirst``/``try
 ``wrapper=True`` implementations and tracing work as in any pluggy project.
 
 Isolation: the implementations of the hooks in ``ISOLATED_HOOKS`` (registration, defaults,
-output formats, commands) are wrapped when their plugin is registered (``isolation.py``). The
-wrapper catches an exception, records it as a ``PluginFailure`` naming the plugin, and lets
-pluggy go on with the other implementations; it also notes which plugin returned which value,
-so that the registry knows who registered what. Lifecycle hooks are not isolated:
-``miscore_configure`` raising ``ConfigError`` is how a plugin refuses a config.
+output formats, models, commands) are wrapped when their plugin is registered
+(``isolation.py``). The wrapper catches an exception, records it as a ``PluginFailure``
+naming the plugin, and lets pluggy go on with the other implementations; it also notes which
+plugin returned which value, so that the registry knows who registered what. Lifecycle
+hooks are not isolated: ``miscore_configure`` raising ``ConfigError`` is how a plugin refuses
+a config.
 
 Name clashes: when two plugins register one component name, the implementation pluggy calls
 first wins (``tryfirst``, then plain, then ``trylast``; among equals the plugin registered
