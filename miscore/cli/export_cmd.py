@@ -12,6 +12,7 @@ from miscore.cli.state import state
 from miscore.core.errors import InputError
 
 if TYPE_CHECKING:
+    from miscore.core.plugins import PluginManager
     from miscore.pipeline.package import CardText
 
 #: writes a model folder to a path in one format, given the card options; returns the path
@@ -58,16 +59,47 @@ def _card_text(options: dict[str, object]) -> CardText:
 FORMATS: dict[str, tuple[str, Exporter]] = {"miscore": (".miscore", _export_miscore)}
 
 
+def _deploy_savedmodel(model_dir: Path, out: Path, plugins: PluginManager) -> Path:
+    from miscore.pipeline.deploy import export_savedmodel
+
+    return export_savedmodel(model_dir, out, plugins)
+
+
+def _deploy_onnx(model_dir: Path, out: Path, plugins: PluginManager) -> Path:
+    from miscore.pipeline.deploy import export_onnx
+
+    return export_onnx(model_dir, out, plugins)
+
+
+#: --format -> (the suffix of the default --out folder, its exporter): the network for
+#: serving, with miscore-deploy.json beside it (miscore/pipeline/deploy.py); no model card
+DEPLOY_FORMATS: dict[str, tuple[str, Callable[[Path, Path, PluginManager], Path]]] = {
+    "savedmodel": ("-savedmodel", _deploy_savedmodel),
+    "onnx": ("-onnx", _deploy_onnx),
+}
+
+
 def export(
     ctx: typer.Context,
     model_dir: Annotated[
         Path, typer.Argument(help="A model folder (miscore train) or a cv folder (miscore cv).")
     ],
     out: Annotated[
-        Path | None, typer.Option("--out", help="The file to write (default: MODEL_DIR.miscore).")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="The file to write (default: MODEL_DIR.miscore); the folder for savedmodel "
+            "and onnx (default: MODEL_DIR-savedmodel, MODEL_DIR-onnx).",
+        ),
     ] = None,
     fmt: Annotated[
-        str, typer.Option("--format", help="miscore: one file miscore predicts from.")
+        str,
+        typer.Option(
+            "--format",
+            help="miscore: one file miscore predicts from; savedmodel: a TensorFlow SavedModel "
+            "folder (TF Serving); onnx: a folder with model.onnx (needs tf2onnx). Both "
+            "hold miscore-deploy.json: the pre- and postprocessing as data.",
+        ),
     ] = "miscore",
     card: Annotated[
         Path | None, typer.Option("--card", help="A YAML file with the model card's fields.")
@@ -81,10 +113,21 @@ def export(
         str | None, typer.Option("--license", help="The model's licence, e.g. CC-BY-4.0.")
     ] = None,
 ) -> None:
-    """Write a trained model as one file to share, with its model card and checksums."""
-    state(ctx)
-    if fmt not in FORMATS:
-        raise InputError(f"--format {fmt}: unknown; formats: {', '.join(sorted(FORMATS))}")
+    """Write a trained model as one file to share, with its model card and checksums; or its
+    network for serving (--format savedmodel, onnx) with its pipeline as data."""
+    cli = state(ctx)
+    if fmt not in FORMATS and fmt not in DEPLOY_FORMATS:
+        known = ", ".join(sorted([*FORMATS, *DEPLOY_FORMATS]))
+        raise InputError(f"--format {fmt}: unknown; formats: {known}")
+    if fmt in DEPLOY_FORMATS:
+        if any(v is not None for v in (card, name, task, description, licence)):
+            raise InputError(
+                f"--format {fmt}: writes no model card; the card options are for --format miscore"
+            )
+        suffix, deploy = DEPLOY_FORMATS[fmt]
+        written = deploy(model_dir, out or Path(f"{model_dir.resolve().name}{suffix}"), cli.plugins)
+        print(f"exported {model_dir} -> {written}")
+        return
     suffix, exporter = FORMATS[fmt]
     target = out or Path(f"{model_dir.resolve().name}{suffix}")
     options: dict[str, object] = {
