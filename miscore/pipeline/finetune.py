@@ -14,9 +14,10 @@ without that number plus its rank among the model's layers of that name: the ``k
 named by the architecture (``image``, ``segmentation``) match as they are.
 
 ``init_from`` is resolved as ``miscore predict`` resolves its model (``package.resolve_model``:
-a model folder or a checked ``.miscore`` package), and the trained model is loaded in Keras
-safe mode (no pickle, no code). Its preprocessing entries are the new config's when the
-config gives none, so the new model sees its inputs normalised as the old one did.
+a model folder, a checked ``.miscore`` package or an installed model's name), and the trained
+model is loaded in Keras safe mode (no pickle, no code). Its preprocessing entries are the new
+config's when the config gives none, so the new model sees its inputs normalised as the old
+one did.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class InitReport(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     init_from: str = Field(description="training.init_from as the config gave it")
-    source: str = Field(description="the model folder or package, as an absolute path")
+    source: str = Field(description="the model folder or package file, as an absolute path")
     layers: int = Field(description="layers of the new model that have weights")
     loaded: list[str] = Field(description="layers that took the trained model's weights")
     skipped: list[SkippedLayer] = Field(description="layers left at their initialisation")
@@ -79,9 +80,10 @@ class InitReport(BaseModel):
 
 
 @contextlib.contextmanager
-def source_folder(init_from: str, plugins: PluginManager | None) -> Iterator[ModelDir]:
-    """The model folder ``training.init_from`` names: a model folder, or a ``.miscore``
-    package checked and unpacked for the time of the ``with`` (``package.resolve_model``)."""
+def source_folder(init_from: str, plugins: PluginManager | None) -> Iterator[tuple[ModelDir, Path]]:
+    """The model folder ``training.init_from`` names, and where it came from (the folder, or
+    the package file): a model folder, a ``.miscore`` package checked and unpacked for the
+    time of the ``with``, or an installed plugin's model name (``package.resolve_model``)."""
     try:
         source = resolve_model(Path(init_from).expanduser(), plugins)
     except MiscoreError as exc:
@@ -92,7 +94,7 @@ def source_folder(init_from: str, plugins: PluginManager | None) -> Iterator[Mod
                 f"training.init_from: {init_from} is a cross-validation model; name one of its "
                 "fold model folders"
             )
-        yield ModelDir(source.path)
+        yield ModelDir(source.path), (source.package or source.path).resolve()
 
 
 def inherit_preprocessing(
@@ -103,7 +105,7 @@ def inherit_preprocessing(
     init_from = config.training.init_from
     if init_from is None or "preprocessing" in config.model_fields_set:
         return config
-    with source_folder(init_from, plugins) as source:
+    with source_folder(init_from, plugins) as (source, _):
         entries = source.config().preprocessing
     log(
         f"init_from {init_from}: preprocessing taken from it "
@@ -183,13 +185,13 @@ def init_from_source(
     init_from = config.training.init_from
     if init_from is None:
         raise ValueError("init_from_source needs training.init_from")
-    with source_folder(init_from, plugins) as source:
+    with source_folder(init_from, plugins) as (source, origin):
         trained, source_config = load_source(source, plugins)
         loaded, skipped, unused = transfer_weights(model, trained)
         del trained
     report = InitReport(
         init_from=init_from,
-        source=str(Path(init_from).expanduser().resolve()),
+        source=str(origin),
         layers=len(loaded) + len(skipped),
         loaded=loaded,
         skipped=skipped,

@@ -95,6 +95,7 @@ def test_more_classes_start_a_new_output_layer_from_a_package(pretrained: Path) 
         pretrained / "few3", pretrained / "three", log=lines.append
     )
     report = json.loads((pretrained / "three" / "init_from.json").read_text())
+    assert report["source"] == str(package.resolve())  # the package, not its unpacked copy
     [skipped] = report["skipped"]
     # the skipped layer is the output convolution: the last layer with weights
     output = [layer for layer in model.keras_model.layers if layer.weights][-1]
@@ -113,6 +114,30 @@ def test_more_classes_start_a_new_output_layer_from_a_package(pretrained: Path) 
         # trainable weights only: the step moves batch norm's moving statistics
         for a, b in zip(theirs.trainable_weights, ours.trainable_weights, strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+class ShipsAModel:
+    """A plugin that registers a trained model folder by name."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @miscore.hookimpl
+    def miscore_register_models(self) -> list[tuple[str, Path]]:
+        return [("phantom-organ", self.folder)]
+
+
+def test_init_from_the_name_of_an_installed_model(pretrained: Path) -> None:
+    plugins = miscore.PluginManager()
+    plugins.register(ShipsAModel(pretrained / "pretrained"), "ships_a_model")
+    data = config(pretrained, epochs=1, steps_per_epoch=1, init_from="phantom-organ")
+    miscore.Pipeline(data, plugins=plugins).train(
+        pretrained / "few", pretrained / "by_name", log=lambda _: None
+    )
+    report = json.loads((pretrained / "by_name" / "init_from.json").read_text())
+    assert report["init_from"] == "phantom-organ"
+    assert report["source"] == str((pretrained / "pretrained").resolve())
+    assert report["loaded"] and len(report["loaded"]) == report["layers"]
 
 
 def test_init_from_a_missing_folder_is_refused(tmp_path: Path, pretrained: Path) -> None:
