@@ -201,6 +201,9 @@ class Pipeline:
         data: dict[str, Any] = (
             config.model_dump(mode="json") if isinstance(config, Config) else dict(config or {})
         )
+        left_out = isinstance(config, Config) and "preprocessing" not in config.model_fields_set
+        if left_out and not data.get("preprocessing"):  # training.init_from then reuses the
+            data.pop("preprocessing", None)  # trained model's (docs/sharing.md#fine-tuning)
         for key, value in overrides.items():
             if key in COMPONENT_FIELDS:
                 self._set_component(data, key, value)

@@ -101,9 +101,11 @@ def inherit_preprocessing(
     config: Config, log: Callable[[str], None], plugins: PluginManager | None = None
 ) -> Config:
     """``config`` with the trained model's preprocessing entries when it sets
-    ``training.init_from`` and gives no ``preprocessing`` of its own; else ``config``."""
+    ``training.init_from`` and gives no ``preprocessing`` of its own (the section left out:
+    ``preprocessing: []`` is a choice, kept); else ``config``."""
     init_from = config.training.init_from
-    if init_from is None or "preprocessing" in config.model_fields_set:
+    given = "preprocessing" in config.model_fields_set or config.preprocessing
+    if init_from is None or given:
         return config
     with source_folder(init_from, plugins) as (source, _):
         entries = source.config().preprocessing

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 
 import miscore
 
@@ -131,13 +132,15 @@ def test_init_from_the_name_of_an_installed_model(pretrained: Path) -> None:
     plugins = miscore.PluginManager()
     plugins.register(ShipsAModel(pretrained / "pretrained"), "ships_a_model")
     data = config(pretrained, epochs=1, steps_per_epoch=1, init_from="phantom-organ")
-    miscore.Pipeline(data, plugins=plugins).train(
-        pretrained / "few", pretrained / "by_name", log=lambda _: None
-    )
+    (pretrained / "by_name.yaml").write_text(yaml.safe_dump(data))  # no preprocessing section
+    pipeline = miscore.Pipeline.from_config(pretrained / "by_name.yaml", plugins=plugins)
+    pipeline.train(pretrained / "few", pretrained / "by_name", log=lambda _: None)
     report = json.loads((pretrained / "by_name" / "init_from.json").read_text())
     assert report["init_from"] == "phantom-organ"
     assert report["source"] == str((pretrained / "pretrained").resolve())
     assert report["loaded"] and len(report["loaded"]) == report["layers"]
+    # a config file without preprocessing reuses the trained model's, through the API too
+    assert report["same_preprocessing"] is True
 
 
 def test_init_from_a_missing_folder_is_refused(tmp_path: Path, pretrained: Path) -> None:
