@@ -254,7 +254,7 @@ def miscore_register_models() -> list[ModelEntry | tuple[str, Path]]:
     (or ``(name, path)`` tuples): ``path`` is a model folder written by ``miscore train`` or a
     ``.miscore`` package inside the installed package (weights travel in the wheel; nothing
     is downloaded at run time), ``card`` what ``miscore models`` shows (``task``, ``classes``,
-    ``licence``...). ``miscore predict NAME`` and ``miscore.load_model(NAME)`` then find it;
+    ``license``...). ``miscore predict NAME`` and ``miscore.load_model(NAME)`` then find it;
     an existing path of the same name wins over a registered name. A path that does not exist
     is the plugin's failure (shown by ``miscore models`` and ``miscore plugins``); a name two
     plugins register goes to the plugin called first (see "Name clashes" in the guide).
@@ -269,7 +269,7 @@ def miscore_register_models() -> list[ModelEntry | tuple[str, Path]]:
                 miscore.ModelEntry(
                     "liver-ct",
                     files(__package__) / "liver-ct.miscore",
-                    card={"task": "liver segmentation in CT", "licence": "CC-BY-4.0"},
+                    card={"task": "liver segmentation in CT", "license": "CC-BY-4.0"},
                 )
             ]
     """

@@ -127,7 +127,7 @@ class ModelEntry:
         path: a model folder written by ``miscore train`` or a ``.miscore`` package, inside the
             installed plugin package: ``importlib.resources.files(__package__) / "model"``.
         card: what ``miscore models`` shows beside what the model itself records: ``task``,
-            ``classes``, ``licence``, ``description``, ``url``... (JSON values).
+            ``classes``, ``license``, ``description``, ``url``... (JSON values).
     """
 
     name: str

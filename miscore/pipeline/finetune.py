@@ -34,6 +34,7 @@ from miscore.core.atomic import write_text_atomic
 from miscore.core.config import Config
 from miscore.core.errors import ConfigError, MiscoreError
 from miscore.pipeline.modeldir import (
+    CONFIG_FILE,
     ModelDir,
     check_plugins,
     custom_objects,
@@ -98,15 +99,23 @@ def source_folder(init_from: str, plugins: PluginManager | None) -> Iterator[tup
 
 
 def inherit_preprocessing(
-    config: Config, log: Callable[[str], None], plugins: PluginManager | None = None
+    config: Config,
+    log: Callable[[str], None],
+    plugins: PluginManager | None = None,
+    resumed: ModelDir | None = None,
 ) -> Config:
     """``config`` with the trained model's preprocessing entries when it sets
     ``training.init_from`` and gives no ``preprocessing`` of its own (the section left out:
-    ``preprocessing: []`` is a choice, kept); else ``config``."""
+    ``preprocessing: []`` is a choice, kept); else ``config``. A resumed run (``resumed``, the
+    folder being continued, holding its config) takes them from that folder: ``init_from`` is
+    not read again, so it may have moved since."""
     init_from = config.training.init_from
     given = "preprocessing" in config.model_fields_set or config.preprocessing
     if init_from is None or given:
         return config
+    if resumed is not None and (resumed.path / CONFIG_FILE).is_file():
+        entries = resumed.config().preprocessing
+        return config.model_copy(update={"preprocessing": list(entries)})
     with source_folder(init_from, plugins) as (source, _):
         entries = source.config().preprocessing
     log(

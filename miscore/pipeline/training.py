@@ -854,7 +854,8 @@ def train(
         refuse_used_folder(ModelDir(out))  # before the cache is built, not after
     plugins = plugins or PluginManager(local_plugins=local_plugins)
     registry = plugins.registry
-    config = inherit_preprocessing(config, log, plugins)  # before the defaults fill it
+    # before the defaults fill it; a resumed run takes it from its own folder
+    config = inherit_preprocessing(config, log, plugins, ModelDir(out) if resume else None)
     config = apply_defaults(config, registry)
     components = check_components(config, registry)
     plugins.configure(config)

@@ -53,7 +53,17 @@ def modules_after(args: list[str]) -> set[str]:
     return set(json.loads(result.stdout.split("MODULES=")[-1]))
 
 
-@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json"], ["--version"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["plugins"],
+        ["plugins", "--json"],
+        ["--version"],
+        ["models"],
+        ["models", "--json"],
+    ],
+)
 def test_help_and_plugins_do_not_import_tensorflow(args: list[str]) -> None:
     modules = modules_after(args)
     assert "miscore.cli.main" in modules

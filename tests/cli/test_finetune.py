@@ -115,6 +115,15 @@ def test_more_classes_start_a_new_output_layer_from_a_package(pretrained: Path) 
         # trainable weights only: the step moves batch norm's moving statistics
         for a, b in zip(theirs.trainable_weights, ours.trainable_weights, strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+    # --resume continues from its own folder: init_from is not read again (it may be gone)
+    package.unlink()
+    data["training"]["epochs"] = 2
+    lines.clear()
+    miscore.Pipeline(data).train(
+        pretrained / "few3", pretrained / "three", resume=True, log=lines.append
+    )
+    assert (pretrained / "three" / "history.tsv").read_text().count("\n") == 3  # two epochs
+    assert not any("layers loaded" in line for line in lines), lines
 
 
 class ShipsAModel:
