@@ -326,6 +326,18 @@ class Model:
         #: as long as this model)
         self.source = source
 
+    def close(self) -> None:
+        """Remove the private folder a package was unpacked into (nothing for a folder)."""
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def config(self) -> Config:
         return self.predictor.config  # type: ignore[no-any-return]

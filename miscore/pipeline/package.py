@@ -28,13 +28,16 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import itertools
 import json
 import shutil
 import stat
+import struct
 import tempfile
 import weakref
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -76,6 +79,10 @@ MAX_MANIFEST_BYTES = 4 << 20
 #: bytes actually written while unpacking): a zip bomb is refused, a large model is not
 MAX_UNPACKED_BYTES = 32 << 30
 MAX_MEMBERS = 10_000
+#: a deflated member may expand to at most this many times its compressed size (plus
+#: ``RATIO_SLACK``): real model files compress a few times, a zip bomb a thousand times
+MAX_RATIO = 200
+RATIO_SLACK = 1 << 20
 #: the model folder's files a package carries (the first three are required)
 MODEL_FILES = (MODEL_FILE, CONFIG_FILE, INFO_FILE, FINGERPRINT_FILE, HISTORY_FILE)
 #: a cross-validation folder's own files a package carries besides its fold models
@@ -137,7 +144,7 @@ class PackageManifest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    format: int = PACKAGE_FORMAT
+    format: int = Field(PACKAGE_FORMAT, ge=1)
     kind: Literal["model", "ensemble"]
     miscore_version: str = __version__
     created: str
@@ -308,6 +315,15 @@ def export_package(folder: Path | str, out: Path | str, text: CardText | None = 
     folder, out = Path(folder), Path(out)
     if not folder.is_dir():
         raise InputError(f"{folder}: no such model folder")
+    if out.resolve().is_relative_to(folder.resolve()):
+        raise InputError(
+            f"{out}: lies inside the model folder {folder}; write the package elsewhere"
+        )
+    if (out.exists() or out.is_symlink()) and not is_package(out):
+        raise InputError(
+            f"{out}: already exists and is not a miscore package; choose another --out "
+            "(only an earlier package is replaced)"
+        )
     kind, files = package_files(folder)
     infos = _infos(folder)
     plugins: dict[str, str] = {}
@@ -389,9 +405,14 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile, max_bytes: int) -> Pack
         kind = stat.S_IFMT(entry.external_attr >> 16)  # 0: the zip tool wrote no type
         if entry.is_dir() or kind not in (0, stat.S_IFREG):
             raise _damaged(path, f"the member {entry.filename!r} is not a plain file")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
+    duplicates = sorted(n for n, count in Counter(names).items() if count > 1)
     if duplicates:
         raise _damaged(path, f"the member {duplicates[0]!r} appears more than once")
+    folders = {n.rsplit("/", i)[0] for n in names for i in range(1, n.count("/") + 1)}
+    clashes = sorted(folders.intersection(names))
+    if clashes:
+        raise _damaged(path, f"the member {clashes[0]!r} is also a folder of another member")
+    _check_layout(path, entries)
     if MANIFEST not in names:
         raise InputError(f"{path}: not a miscore package ({MANIFEST} is missing)")
     head = archive.getinfo(MANIFEST)
@@ -438,6 +459,36 @@ def _read_manifest(path: Path, archive: zipfile.ZipFile, max_bytes: int) -> Pack
     if total > max_bytes:
         raise _damaged(path, f"it would unpack to {total} bytes (at most {max_bytes})")
     return manifest
+
+
+def _check_layout(path: Path, entries: list[zipfile.ZipInfo]) -> None:
+    """No member expands far beyond its compressed bytes, and no two members' bytes in the
+    file overlap (an overlapping zip unpacks the same bytes many times)."""
+    for entry in entries:
+        if entry.compress_type == zipfile.ZIP_STORED:
+            if entry.file_size != entry.compress_size:
+                raise _damaged(path, f"{entry.filename} is stored with {entry.compress_size} "
+                                     f"bytes but declares {entry.file_size}")  # fmt: skip
+        elif entry.file_size > MAX_RATIO * entry.compress_size + RATIO_SLACK:
+            raise _damaged(path, f"{entry.filename} expands {entry.compress_size} bytes to "
+                                 f"{entry.file_size} (a zip bomb?)")  # fmt: skip
+    ordered = sorted(entries, key=lambda e: e.header_offset)
+    try:
+        with path.open("rb") as reader:
+            ends: list[tuple[int, int, str]] = []
+            for entry in ordered:
+                reader.seek(entry.header_offset)
+                header = reader.read(30)
+                if len(header) != 30 or header[:4] != b"PK\x03\x04":
+                    raise _damaged(path, f"{entry.filename} has no local header")
+                name_length, extra_length = struct.unpack("<HH", header[26:30])
+                end = entry.header_offset + 30 + name_length + extra_length + entry.compress_size
+                ends.append((entry.header_offset, end, entry.filename))
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    for (_, end, name), (start, _, following) in itertools.pairwise(ends):
+        if start < end:
+            raise _damaged(path, f"the members {name!r} and {following!r} overlap in the file")
 
 
 def _open(path: Path) -> zipfile.ZipFile:
@@ -489,13 +540,31 @@ def extract_package(
     path, dest = Path(path), Path(dest)
     with _open(path) as archive:
         manifest = _read_manifest(path, archive, max_bytes)
+        total = sum(m.size for m in manifest.members)
+        where = next((p for p in (dest, *dest.parents) if p.exists()), Path("."))
+        free = shutil.disk_usage(where).free
+        if free <= total:
+            raise InputError(
+                f"{path}: needs {total} bytes to unpack, {where} has {free} free; free some "
+                "space or point TMPDIR at a larger disk"
+            )
         for member in manifest.members:
             target = dest.joinpath(*member.path.split("/")[1:])
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("xb") as writer:  # "x": never through an existing file or link
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                # "x": never through an existing file or link
+                writer = target.open("xb")
+            except OSError as exc:
+                why = f"{member.path} cannot be unpacked ({exc.strerror or exc})"
+                raise _damaged(path, why) from None
+            with writer:
                 for chunk in _stream(path, archive, member):
                     writer.write(chunk)
-    folds = ensemble_members(dest)
+    try:
+        folds = ensemble_members(dest)
+    except InputError as exc:
+        why = str(exc).removeprefix(f"{dest / CROSSVAL_FILE}: ")
+        raise _damaged(path, f"{CROSSVAL_FILE}: {why}") from None
     for fold in folds or []:
         if not fold.resolve().is_relative_to(dest.resolve()) or not fold.is_dir():
             raise _damaged(path, f"{CROSSVAL_FILE} names a fold model outside the package")

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import shutil
+import stat
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -183,8 +187,175 @@ def test_a_member_outside_the_package_is_refused(shared: Path, tmp_path: Path) -
     entries = members(shared / "model.miscore")
     entries["../evil"] = b"x"
     package = rewrite(shared / "model.miscore", tmp_path / "evil.miscore", entries)
-    assert "'../evil'" in refused(shared, package)
-    assert not (tmp_path.parent / "evil").exists()
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    for args in (
+        ("predict", package, "data", "--out", "refused"),
+        ("import", package, "--out", "refused"),
+    ):
+        line = assert_one_line_error(run_cli(*args, cwd=shared, env={"TMPDIR": str(temp)}))
+        assert "'../evil'" in line
+    # nothing escaped into $TMPDIR's parent, and no temporary folder was left behind
+    assert list(temp.iterdir()) == [] and not (tmp_path / "evil").exists()
+
+
+def fake_model(folder: Path) -> Path:
+    """A model folder's files without a network: enough to export, never loaded."""
+    folder.mkdir()
+    (folder / "config.yaml").write_text("data: {classes: 2}\n")
+    (folder / "miscore.json").write_text(json.dumps({"input_shape": [8, 8, 8, 1], "n_classes": 2}))
+    (folder / "model.keras").write_bytes(b"k" * 100)
+    return folder
+
+
+Entry = tuple[str | zipfile.ZipInfo, bytes]
+
+
+def forge(
+    good: Path,
+    out: Path,
+    entries: list[Entry],
+    listed: list[Entry] | None = None,
+    offsets: dict[str, int] | None = None,
+) -> Path:
+    """A package holding ``entries``, with a manifest (``good``'s) that lists ``listed``
+    (default: ``entries``) with their true sizes and checksums: only the layout is hostile.
+    ``offsets``: where the central directory says a member's local entry starts."""
+    manifest = json.loads(members(good)["miscore-package.json"])
+    manifest["members"] = [
+        {
+            "path": name if isinstance(name, str) else name.filename,
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        for name, data in (entries if listed is None else listed)
+    ]
+    with warnings.catch_warnings(), zipfile.ZipFile(out, "w") as archive:
+        warnings.simplefilter("ignore")  # "Duplicate name"
+        for name, data in entries:
+            archive.writestr(name, data)
+        archive.writestr("miscore-package.json", json.dumps(manifest))
+        for name, offset in (offsets or {}).items():
+            archive.getinfo(name).header_offset = offset
+    return out
+
+
+def _symlink() -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo("model/link")
+    info.external_attr = (stat.S_IFLNK | 0o777) << 16
+    return info
+
+
+def _deflated(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info
+
+
+CONFIG_ENTRY: Entry = ("model/config.yaml", b"data: {classes: 2}\n")
+HOSTILE: dict[str, tuple[list[Entry], list[Entry] | None, str]] = {
+    "symlink": (
+        [CONFIG_ENTRY, (_symlink(), b"/etc/passwd")],
+        None,
+        "'model/link' is not a plain file",
+    ),
+    "absolute": ([CONFIG_ENTRY, ("/tmp/evil", b"x")], None, "'/tmp/evil' is not a plain relative"),
+    "duplicate": ([CONFIG_ENTRY, CONFIG_ENTRY], [CONFIG_ENTRY], "appears more than once"),
+    "unlisted": (
+        [CONFIG_ENTRY, ("model/extra", b"x")],
+        [CONFIG_ENTRY],
+        "'model/extra' is not in the manifest",
+    ),
+    "file and folder": (
+        [CONFIG_ENTRY, ("model/config.yaml/x", b"x")],
+        None,
+        "'model/config.yaml' is also a folder",
+    ),
+    "compression ratio": (
+        [CONFIG_ENTRY, (_deflated("model/zeros"), bytes(3 << 20))],
+        None,
+        "model/zeros expands",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_a_hostile_package_with_a_true_manifest_is_refused(case: str, tmp_path: Path) -> None:
+    """Every entry is listed with its true checksum; its layout is what is refused, by info
+    and import, before anything is unpacked, and no temporary folder is left behind."""
+    from miscore.pipeline.package import export_package
+
+    good = export_package(fake_model(tmp_path / "model"), tmp_path / "good.miscore")
+    entries, listed, why = HOSTILE[case]
+    package = forge(good, tmp_path / "hostile.miscore", entries, listed)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    commands = [("info", package)]
+    if case in ("file and folder", "symlink"):
+        commands.append(("import", package, "--out", tmp_path / "imported"))
+    for args in commands:
+        line = assert_one_line_error(run_cli(*args, env={"TMPDIR": str(temp)}))
+        assert str(package) in line and why in line, line
+        assert list(temp.iterdir()) == []
+    assert not (tmp_path / "imported").exists()
+
+
+def test_overlapping_members_are_refused(tmp_path: Path) -> None:
+    """Member b's local entry lies inside member a's stored bytes (an overlapping zip):
+    both read back with their true checksums, and the package is still refused."""
+    from miscore.pipeline.package import export_package
+
+    good = export_package(fake_model(tmp_path / "model"), tmp_path / "good.miscore")
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        archive.writestr(zipfile.ZipInfo("model/b"), b"b" * 64)
+    b_entry = inner.getvalue()[: 30 + len("model/b") + 64]
+    package = forge(
+        good,
+        tmp_path / "overlap.miscore",
+        [(zipfile.ZipInfo("model/a"), b_entry), (zipfile.ZipInfo("model/b"), b"b" * 64)],
+        offsets={"model/b": 30 + len("model/a")},  # b's directory entry -> inside a
+    )
+    with zipfile.ZipFile(package) as archive:
+        assert archive.read("model/b") == b"b" * 64 and archive.read("model/a") == b_entry
+    line = assert_one_line_error(run_cli("info", package))
+    assert str(package) in line and "overlap" in line, line
+
+
+def test_a_malformed_crossval_json_names_the_package(tmp_path: Path) -> None:
+    from miscore.pipeline.package import export_package
+
+    good = export_package(fake_model(tmp_path / "model"), tmp_path / "good.miscore")
+    entries: list[Entry] = [(n, d) for n, d in members(good).items() if n != "miscore-package.json"]
+    entries.append(("model/crossval.json", b"{not json"))
+    package = forge(good, tmp_path / "cv.miscore", entries)
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    line = assert_one_line_error(
+        run_cli("import", package, "--out", tmp_path / "imported", env={"TMPDIR": str(temp)})
+    )
+    assert str(package) in line and "crossval.json" in line and str(temp) not in line, line
+    assert "damaged" in line
+    assert not (tmp_path / "imported").exists()
+
+
+def test_export_never_overwrites_what_is_not_a_package(shared: Path, tmp_path: Path) -> None:
+    model = shared / "model"
+    config = (model / "config.yaml").read_bytes()
+    for out in (model / "config.yaml", model / "new.miscore"):
+        line = assert_one_line_error(run_cli("export", model, "--out", out))
+        assert "inside the model folder" in line, line
+    assert (model / "config.yaml").read_bytes() == config
+    assert not (model / "new.miscore").exists()
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "notes.txt").write_text("mine")
+    for out in (tmp_path / "folder", tmp_path / "notes.txt"):
+        line = assert_one_line_error(run_cli("export", model, "--out", out))
+        assert str(out) in line and "not a miscore package" in line, line
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    # an earlier package is replaced
+    shutil.copy(shared / "model.miscore", tmp_path / "old.miscore")
+    assert run_cli("export", model, "--out", tmp_path / "old.miscore").returncode == 0
 
 
 def test_a_member_changed_under_its_checksum_is_refused(shared: Path, tmp_path: Path) -> None:
@@ -211,8 +382,11 @@ def test_the_api_loads_and_exports_packages(shared: Path, tmp_path: Path) -> Non
     again = model.export(tmp_path / "again.miscore", description="re-exported")
     card = json.loads(members(again)["miscore-package.json"])["card"]
     assert (card["name"], card["description"]) == ("phantom-organ", "re-exported")
-    model.source.close()
+    model.close()
     assert not unpacked.exists()
+    with miscore.load_model(shared / "model") as folder_model:  # a folder: close() keeps it
+        assert folder_model.predictor.model_dir == shared / "model"
+    assert (shared / "model" / "model.keras").is_file()
     with pytest.raises(miscore.ConfigError, match="licence"):
         miscore.export_model(shared / "model", tmp_path / "x.miscore", licence="MIT")
 
