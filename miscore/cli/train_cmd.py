@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -149,6 +149,16 @@ def _predict(
     fmt: str | None,
     scheduler: str | None,
 ) -> None:
+    options: dict[str, Any] = {
+        "plugins": cli.plugins,
+        "overlap": overlap,
+        "blend": blend,
+        "tta": tta,
+        "with_probabilities": probabilities,
+        "writer": fmt,
+        "log": cli.log,
+        "progress": cli.interactive,
+    }
     if scheduler is not None:
         # the workers load the model; this process never imports TensorFlow
         from miscore.tools.scaleout import import_distributed, parse_scheduler, predict_on_dask
@@ -160,36 +170,11 @@ def _predict(
                 "cluster, `miscore import` it into a shared folder and predict from that"
             )
         import_distributed()
-        written = predict_on_dask(
-            model_dir,
-            inputs,
-            out,
-            scheduler=scheduler,
-            plugins=cli.plugins,
-            overlap=overlap,
-            blend=blend,
-            tta=tta,
-            with_probabilities=probabilities,
-            writer=fmt,
-            log=cli.log,
-            progress=cli.interactive,
-        )
+        written = predict_on_dask(model_dir, inputs, out, scheduler=scheduler, **options)
         print(f"{len(written)} predictions in {out}")
         return
     from miscore.pipeline.inference import predict as run_prediction
 
     import_tensorflow_quietly(cli.debug)
-    written = run_prediction(
-        model_dir,
-        inputs,
-        out,
-        plugins=cli.plugins,
-        overlap=overlap,
-        blend=blend,
-        tta=tta,
-        with_probabilities=probabilities,
-        writer=fmt,
-        log=cli.log,
-        progress=cli.interactive,
-    )
+    written = run_prediction(model_dir, inputs, out, **options)
     print(f"{len(written)} predictions in {out}")
