@@ -89,6 +89,19 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def light(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the error tests need, without the training of ``root``: ``data/``, ``test/``,
+    ``config.yaml`` and a ``model/`` folder (empty: the scheduler is refused before the
+    model is read)."""
+    root = tmp_path_factory.mktemp("dask_light")
+    synth(root / "data", 2, 1)
+    synth(root / "test", 1, 9)
+    (root / "config.yaml").write_text(CONFIG)
+    (root / "model").mkdir()
+    return root
+
+
 def entries(cache: Path) -> dict[str, dict[str, np.ndarray]]:
     """Every entry of a local cache: its key (folder name) -> its arrays."""
     found: dict[str, dict[str, np.ndarray]] = {}
@@ -271,7 +284,7 @@ def test_predict_from_the_python_api_on_a_local_cluster(
 
 @pytest.mark.parametrize("command", ["cache", "predict"])
 def test_without_the_dask_extra_scheduler_is_a_one_line_error(
-    root: Path, tmp_path: Path, command: str
+    light: Path, tmp_path: Path, command: str
 ) -> None:
     fake = tmp_path / "site" / "distributed"
     fake.mkdir(parents=True)
@@ -282,14 +295,14 @@ def test_without_the_dask_extra_scheduler_is_a_one_line_error(
         else ["predict", "model", "test", "--out", str(tmp_path / "out")]
     )
     result = run_cli(
-        *args, "--scheduler", "local:2", env={"PYTHONPATH": str(tmp_path / "site")}, cwd=root
+        *args, "--scheduler", "local:2", env={"PYTHONPATH": str(tmp_path / "site")}, cwd=light
     )
     line = assert_one_line_error(result, code=2)
     assert "pip install 'miscore[dask]'" in line, line
     assert not (tmp_path / "c").exists() and not (tmp_path / "out").exists()
 
 
-def test_a_scheduler_that_is_neither_local_nor_an_address_is_named(root: Path) -> None:
-    result = run_cli("cache", "build", "config.yaml", "--scheduler", "locl:2", cwd=root)
+def test_a_scheduler_that_is_neither_local_nor_an_address_is_named(light: Path) -> None:
+    result = run_cli("cache", "build", "config.yaml", "--scheduler", "locl:2", cwd=light)
     line = assert_one_line_error(result, code=2)
     assert "--scheduler locl:2: expected local:N" in line, line
