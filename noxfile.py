@@ -17,7 +17,10 @@ nox.options.error_on_missing_interpreters = True
 def tests(session: nox.Session) -> None:
     """Install miscore with its dev extra and run the test suite."""
     session.install(".[dev]")
-    session.run("pytest", *session.posargs, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
+    # two processes, each taking whole test files (module fixtures are built once): the
+    # suite waits on subprocesses and imports much of the time, so a second one fills it
+    args = session.posargs or ["-n", "2", "--dist", "loadfile"]
+    session.run("pytest", *args, env={"TF_CPP_MIN_LOG_LEVEL": "2"})
 
 
 @nox.session
