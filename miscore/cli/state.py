@@ -53,21 +53,12 @@ def import_tensorflow_quietly(debug: bool = False) -> None:
     is pointed at /dev/null for the import. With ``--debug`` nothing is hidden; if the import
     fails, it is retried visibly so the real error shows.
     """
-    import os
+    from miscore.core.quiet import native_stderr_silenced
 
     if debug or "tensorflow" in sys.modules:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            with contextlib.suppress(Exception):
-                import tensorflow as tf
+    with native_stderr_silenced(), contextlib.suppress(Exception):
+        import tensorflow as tf
 
-                tf.config.list_physical_devices()  # probes CUDA, which logs when there is none
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        tf.config.list_physical_devices()  # probes CUDA, which logs when there is none
     import tensorflow  # noqa: F401  (visible retry when the quiet import failed)

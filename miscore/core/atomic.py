@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 import secrets
 import shutil
@@ -19,6 +20,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from miscore.core.errors import InputError
 
@@ -47,7 +49,11 @@ def temporary_sibling(final: Path) -> Path:
 def fsync_file(path: Path | str) -> None:
     """Flush a written file's data to disk (``os.fsync``)."""
     flags = os.O_RDWR if sys.platform == "win32" else os.O_RDONLY  # Windows needs write access
-    fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
+    _fsync_and_close(os.open(path, flags | getattr(os, "O_BINARY", 0)))
+
+
+def _fsync_and_close(fd: int) -> None:
+    """fsync an open descriptor (where the file system cannot, nothing) and close it."""
     try:
         os.fsync(fd)
     except OSError as exc:
@@ -70,13 +76,7 @@ def fsync_directory(path: Path | str) -> None:
         if exc.errno in _CANNOT_SYNC:
             return
         raise
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in _CANNOT_SYNC:
-            raise
-    finally:
-        os.close(fd)
+    _fsync_and_close(fd)
 
 
 def fsync_tree(path: Path | str) -> None:
@@ -96,18 +96,27 @@ def fsync_tree(path: Path | str) -> None:
         fsync_directory(folder)
 
 
+@functools.cache
+def _renameat2() -> Any:
+    """libc's ``renameat2`` (looked up once: ``find_library`` runs ldconfig), or None."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):  # no libc, or a glibc older than 2.28
+        return None
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
+    renameat2.argtypes += [ctypes.c_uint]
+    return renameat2
+
+
 def _exchange(a: Path, b: Path) -> bool:
     """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where
     the platform or file system cannot (the caller then renames twice)."""
     if not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):  # no libc, or a glibc older than 2.28
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p]
-    renameat2.argtypes += [ctypes.c_uint]
     at_fdcwd, rename_exchange = -100, 2
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
         return True

@@ -259,23 +259,17 @@ def _configure_tensorflow(threads: int | None) -> None:
     descriptor 2 before Python can filter them, so it points at /dev/null meanwhile."""
     import sys
 
+    from miscore.core.quiet import native_stderr_silenced
+
     if "tensorflow" in sys.modules:
         return  # an earlier job of this worker started it; its threads stay
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow as tf
+    with native_stderr_silenced():
+        import tensorflow as tf
 
-            if threads is not None:
-                tf.config.threading.set_intra_op_parallelism_threads(threads)
-                tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-            tf.constant(0.0)  # starts the runtime (and its log lines) with these threads
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        if threads is not None:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
+        tf.constant(0.0)  # starts the runtime (and its log lines) with these threads
 
 
 def _predict_task(spec: PredictSpec, case_id: str) -> PredictResult:
